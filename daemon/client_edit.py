@@ -1,0 +1,126 @@
+"""`underpaint edit`: one job from files on disk, with a progress bar and Ctrl-C = cancel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from ..protocol import Client, DaemonError, JobCancelled, ProtocolMismatch
+from .pictures import image_object, paste_results, result_images
+
+# CLI flag (argparse dest) -> protocol param name
+PARAM_FLAGS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "instruction": "instruction",
+    "steps": "steps",
+    "guidance_scale": "guidance_scale",
+    "image_guidance_scale": "image_guidance_scale",
+    "strength": "strength",
+    "seed": "seed",
+    "variations": "variations",
+    "width": "width",
+    "height": "height",
+    "resolution": "resolution",
+    "padding": "padding",
+    "feather": "feather",
+    "factor": "factor",
+    "noise_level": "noise_level",
+    "scheduler": "scheduler",
+}
+UNIT_FLOATS = ("scale", "start", "end")
+
+
+def parse_unit(text: str) -> dict[str, Any]:
+    """'model=canny,preprocessor=canny,scale=0.8' -> a unit map."""
+    unit: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--unit {text!r}: expected KEY=VALUE pairs separated by commas")
+        unit[key.strip()] = float(value) if key.strip() in UNIT_FLOATS else value.strip()
+    return unit
+
+
+def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    params = {
+        p: getattr(args, flag) for flag, p in PARAM_FLAGS.items() if getattr(args, flag, None) is not None
+    }
+    images: dict[str, Any] = {}
+    if args.image:
+        images["image"] = image_object(Image.open(args.image))
+    if args.mask:
+        images["mask"] = image_object(Image.open(args.mask).convert("L"))
+    for spec in args.control:
+        name, sep, path = spec.partition("=")
+        name, path = (name, path) if sep else ("control", name)
+        images[name] = image_object(Image.open(path))
+    if args.unit:
+        params["units"] = [parse_unit(u) for u in args.unit]
+    return params, images
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    try:
+        params, images = build_request(args)
+    except (OSError, ValueError) as exc:
+        print(f"underpaint edit: {exc}", file=sys.stderr)
+        return 2
+    with Client(args.endpoint, timeout=30) as client:
+        try:
+            client.hello("underpaint-cli")
+            job = client.submit(args.op, params, images, model=args.model, preview=args.preview)
+        except (TimeoutError, ProtocolMismatch, DaemonError) as exc:
+            print(f"underpaint edit: {exc}", file=sys.stderr)
+            return 1
+        bar = tqdm(total=0, desc=f"{args.op} {job}", unit="step", leave=True)
+
+        def on_progress(event: dict[str, Any]) -> None:
+            bar.total = event["total"]
+            bar.n = event["step"]
+            bar.refresh()
+
+        try:
+            result = client.wait(job, on_progress)
+        except KeyboardInterrupt:
+            bar.write("cancelling...")
+            client.cancel(job)
+            try:
+                client.wait(job, timeout=60)
+            except JobCancelled:
+                pass
+            bar.close()
+            print("underpaint edit: cancelled", file=sys.stderr)
+            return 130
+        except DaemonError as exc:
+            bar.close()
+            print(f"underpaint edit: {exc}", file=sys.stderr)
+            return 1
+        bar.close()
+    return _write(args, result)
+
+
+def _write(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    base = Image.open(args.image).convert("RGBA") if args.image and args.op != "upscale" else None
+    patches = result_images(result)
+    pictures = paste_results(base, patches)
+    outs = (
+        [args.out]
+        if len(pictures) == 1
+        else [args.out.with_name(f"{args.out.stem}-{i + 1}{args.out.suffix}") for i in range(len(pictures))]
+    )
+    for path, picture, (patch, _, _) in zip(outs, pictures, patches, strict=True):
+        picture.save(path)
+        if args.save_patches:
+            patch.save(path.with_suffix(".patch.png"))
+        print(f"wrote {path}")
+    t = result["timings"]
+    print(
+        f"seed {result['seed']}  model {result['model']}  run {t['run']:.2f} s  "
+        f"load {t['load']:.2f} s  total {t['total']:.2f} s"
+    )
+    return 0

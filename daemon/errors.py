@@ -1,0 +1,26 @@
+"""The one exception type that becomes an `error` message on the wire."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol.messages import ErrorCode
+
+
+class RequestError(Exception):
+    """A problem caused by what a client sent (or a job failure) with a stable protocol code."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def to_message(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+__all__ = ["ErrorCode", "RequestError"]

@@ -1,0 +1,77 @@
+"""Start `underpaint serve` as a child process on a free loopback port and wait until it listens.
+
+Used by `underpaint demo`, the benchmarks and the tests: they all talk to a real daemon process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class DaemonProcess:
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@contextmanager
+def running_daemon(
+    *args: str,
+    preset: str = "tiny",
+    timeout: float = 600.0,
+    env: dict[str, str] | None = None,
+) -> Iterator[DaemonProcess]:
+    """Run a daemon for the duration of the `with` block; extra `args` go to `underpaint serve`."""
+    with tempfile.TemporaryDirectory(prefix="underpaint-daemon-") as tmp:
+        ready = Path(tmp) / "endpoint"
+        log_path = Path(tmp) / "daemon.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "underpaint.daemon.cli",
+            "serve",
+            "--preset",
+            preset,
+            "--endpoint",
+            "tcp://127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+            *args,
+        ]
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+            daemon = DaemonProcess("", proc, log_path)
+            try:
+                deadline = time.monotonic() + timeout
+                while not ready.exists() or not ready.read_text():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"underpaint serve exited early:\n{daemon.log()}")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"underpaint serve not ready in {timeout} s")
+                    time.sleep(0.05)
+                daemon.endpoint = ready.read_text().strip()
+                yield daemon
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()

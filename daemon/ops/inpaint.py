@@ -1,0 +1,39 @@
+"""inpaint: repaint the masked area, with the preset's inpainting UNet when it has one."""
+
+from __future__ import annotations
+
+from ..models import ModelManager
+from ..params import Limits
+from .common import (
+    OpRequest,
+    Patch,
+    StepReporter,
+    check_same_size,
+    prepare_pipe,
+    require_image,
+    seeds_for,
+    text_args,
+    workspace,
+)
+
+
+def check(req: OpRequest, limits: Limits) -> None:
+    require_image(req, "image")
+    require_image(req, "mask")
+    check_same_size(req, "mask")
+
+
+def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
+    seeds = seeds_for(req.params)
+    ws = workspace(req)
+    pipe = prepare_pipe(models.view(req.preset, "inpaint"), req.params)
+    out = pipe(
+        **text_args(req.params, seeds),
+        image=ws.image,
+        mask_image=ws.work_mask,
+        width=ws.image.width,
+        height=ws.image.height,
+        strength=req.params["strength"],
+        **steps.on_step_end(),
+    )
+    return ws.patches(out.images, seeds, req.params["feather"])

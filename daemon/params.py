@@ -1,0 +1,282 @@
+"""Op parameter tables and their validation: one place that both checks requests and describes
+them in the handshake (PROTOCOL.md section 8), so the spec a client sees is the one enforced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ErrorCode, RequestError
+
+MAX_SEED = 2**32 - 1
+MAX_TEXT = 4000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Daemon-wide limits, advertised in `welcome.limits`."""
+
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    max_steps: int = 200
+    max_variations: int = 8
+    max_queued_per_client: int = 64
+
+    def to_wire(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its type, default, range and the doc shown to client authors."""
+
+    name: str
+    type: str  # "int" | "float" | "str" | "bool" | "units"
+    default: Any
+    doc: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[Any, ...] | None = None
+    unit: str | None = None
+    nullable: bool = False
+    required: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "default": self.default, "doc": self.doc}
+        for key in ("min", "max", "unit"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        if self.nullable:
+            out["nullable"] = True
+        if self.required:
+            out["required"] = True
+        return out
+
+    def check(self, value: Any, path: str) -> Any:
+        """Return `value` converted to this param's type, or raise a RequestError naming `path`."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise RequestError(ErrorCode.INVALID_TYPE, f"{path} must not be nil", path)
+        value = _check_type(self.type, value, path)
+        if self.type in ("int", "float"):
+            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+                raise RequestError(
+                    ErrorCode.OUT_OF_RANGE,
+                    f"{path} is {value}, expected {_fmt(self.min)} … {_fmt(self.max)}"
+                    + (f" {self.unit}" if self.unit else ""),
+                    path,
+                )
+        if self.type == "str" and len(value) > MAX_TEXT:
+            raise RequestError(
+                ErrorCode.OUT_OF_RANGE, f"{path} is {len(value)} chars, at most {MAX_TEXT}", path
+            )
+        if self.choices is not None and value not in self.choices:
+            code = ErrorCode.UNKNOWN_SCHEDULER if self.name == "scheduler" else ErrorCode.INVALID_VALUE
+            raise RequestError(code, f"{path} is {value!r}, expected one of {list(self.choices)}", path)
+        return value
+
+
+def _fmt(x: float | None) -> str:
+    return "…" if x is None else f"{x:g}"
+
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "units": (list, tuple),
+}
+
+
+def _check_type(kind: str, value: Any, path: str) -> Any:
+    ok = isinstance(value, _PY_TYPES[kind]) and not (kind in ("int", "float") and isinstance(value, bool))
+    if not ok:
+        raise RequestError(ErrorCode.INVALID_TYPE, f"{path} must be {kind}, got {type(value).__name__}", path)
+    return float(value) if kind == "float" else value
+
+
+@dataclass(frozen=True)
+class ImageSlot:
+    required: bool
+    doc: str
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """What one op accepts; `to_wire` is the handshake's op spec."""
+
+    name: str
+    doc: str
+    images: dict[str, ImageSlot]
+    params: dict[str, Param] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "doc": self.doc,
+            "images": {k: {"required": v.required, "doc": v.doc} for k, v in self.images.items()},
+            "params": {k: p.to_wire() for k, p in self.params.items()},
+        }
+
+    def validate(self, params: Any) -> dict[str, Any]:
+        """Fill defaults and check every known param; unknown keys are ignored (forward compat)."""
+        if not isinstance(params, dict):
+            raise RequestError(ErrorCode.INVALID_TYPE, "params must be a map", "params")
+        out: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            path = f"params.{name}"
+            if name not in params:
+                if spec.required:
+                    raise RequestError(ErrorCode.MISSING_FIELD, f"{path} is required", path)
+                out[name] = spec.default
+                continue
+            out[name] = (
+                check_units(params[name], path) if spec.type == "units" else spec.check(params[name], path)
+            )
+        return out
+
+
+UNIT_FIELDS = {
+    "model": Param("model", "str", None, "which ControlNet of the preset", required=True),
+    "image": Param("image", "str", "control", "key of `images` holding the control source"),
+    "preprocessor": Param("preprocessor", "str", "none", "preprocessor; none = ready control map"),
+    "scale": Param("scale", "float", 1.0, "conditioning scale (weight)", 0.0, 2.0),
+    "start": Param("start", "float", 0.0, "fraction of steps where the unit starts", 0.0, 1.0),
+    "end": Param("end", "float", 1.0, "fraction of steps where the unit stops", 0.0, 1.0),
+}
+MAX_UNITS = 4
+
+
+def check_units(value: Any, path: str) -> list[dict[str, Any]]:
+    """Validate ControlNet units (model names are checked later against the preset)."""
+    value = _check_type("units", value, path)
+    if not 1 <= len(value) <= MAX_UNITS:
+        raise RequestError(
+            ErrorCode.OUT_OF_RANGE, f"{path} has {len(value)} units, expected 1 … {MAX_UNITS}", path
+        )
+    units = []
+    for i, unit in enumerate(value):
+        upath = f"{path}.{i}"
+        if not isinstance(unit, dict):
+            raise RequestError(ErrorCode.INVALID_TYPE, f"{upath} must be a map", upath)
+        checked = {}
+        for name, spec in UNIT_FIELDS.items():
+            fpath = f"{upath}.{name}"
+            if name not in unit:
+                if spec.required:
+                    raise RequestError(ErrorCode.MISSING_FIELD, f"{fpath} is required", fpath)
+                checked[name] = spec.default
+            else:
+                checked[name] = spec.check(unit[name], fpath)
+        if checked["end"] < checked["start"]:
+            raise RequestError(
+                ErrorCode.OUT_OF_RANGE,
+                f"{upath}.end ({checked['end']:g}) is before start ({checked['start']:g})",
+                f"{upath}.end",
+            )
+        units.append(checked)
+    return units
+
+
+def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
+    """The op table. Size defaults of None mean "the preset's native resolution"."""
+
+    def common(steps: int = 30, guidance: float = 7.5, prompt: bool = True) -> list[Param]:
+        out = [
+            Param("negative_prompt", "str", "", "what to avoid"),
+            Param("steps", "int", steps, "denoising steps before strength", 1, limits.max_steps),
+            Param("guidance_scale", "float", guidance, "classifier-free guidance", 0.0, 30.0),
+            Param("seed", "int", None, "nil = random; image i uses seed+i", 0, MAX_SEED, nullable=True),
+            Param("variations", "int", 1, "number of images", 1, limits.max_variations),
+            Param("scheduler", "str", "", "sampler; empty = model's own", choices=("", *schedulers)),
+            Param("output_format", "str", "raw", "result encoding", choices=("raw", "png")),
+        ]
+        if prompt:
+            out.insert(0, Param("prompt", "str", "", "what to paint"))
+        return out
+
+    region = [
+        Param(
+            "resolution",
+            "int",
+            None,
+            "working size (longer side); nil = preset native",
+            64,
+            2048,
+            unit="px",
+            nullable=True,
+        ),
+        Param("padding", "int", 32, "context kept around the mask", 0, 4096, unit="px"),
+        Param("feather", "int", 8, "inward feathering of the returned alpha", 0, 256, unit="px"),
+    ]
+    size = [
+        Param("width", "int", None, "output width; nil = preset native", 64, 2048, unit="px", nullable=True),
+        Param(
+            "height", "int", None, "output height; nil = preset native", 64, 2048, unit="px", nullable=True
+        ),
+    ]
+
+    def strength(default: float | None) -> Param:
+        return Param(
+            "strength", "float", default, "share of the image re-painted", 0.01, 1.0, nullable=default is None
+        )
+
+    image = ImageSlot(True, "the picture to edit")
+    mask = ImageSlot(False, "8-bit mask, 255 = repaint; output is cropped to it")
+
+    specs = [
+        _op("txt2img", "text to image", {}, common() + size),
+        _op(
+            "sdedit",
+            "img2img: re-paint the image with `strength`",
+            {"image": image, "mask": mask},
+            common() + region + [strength(0.6)],
+        ),
+        _op(
+            "inpaint",
+            "repaint the masked area",
+            {"image": image, "mask": ImageSlot(True, "8-bit mask, 255 = repaint")},
+            common() + region + [strength(1.0)],
+        ),
+        _op(
+            "controlnet",
+            "generate under ControlNet guidance; with image: img2img, with mask: inpaint",
+            {"image": ImageSlot(False, "init image"), "mask": mask},
+            common()
+            + region
+            + size
+            + [
+                strength(None),
+                Param("units", "units", None, "ControlNet units", required=True),
+            ],
+        ),
+        _op(
+            "instruct",
+            "InstructPix2Pix: edit the image following an instruction",
+            {"image": image, "mask": mask},
+            common(prompt=False)
+            + region
+            + [
+                Param("instruction", "str", None, "the edit to make", required=True),
+                Param("image_guidance_scale", "float", 1.5, "faithfulness to the image", 0.0, 10.0),
+            ],
+        ),
+        _op(
+            "upscale",
+            "diffusion upscaler (x4) or latent upscaler (x2)",
+            {"image": ImageSlot(True, "the picture to upscale")},
+            common(steps=20, guidance=7.5)
+            + [
+                Param("factor", "int", 4, "4 = x4 upscaler, 2 = latent x2 upscaler", choices=(2, 4)),
+                Param("noise_level", "int", 20, "noise added to the input (x4 only)", 0, 350),
+            ],
+        ),
+    ]
+    return {s.name: s for s in specs}
+
+
+def _op(name: str, doc: str, images: dict[str, ImageSlot], params: list[Param]) -> OpSpec:
+    return OpSpec(name, doc, images, {p.name: p for p in params})

@@ -1,0 +1,43 @@
+"""Sampler names accepted by the `scheduler` parameter, mapped to diffusers scheduler classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+
+_SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {}),
+    "ddpm": (DDPMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "unipc": (UniPCMultistepScheduler, {}),
+}
+
+SCHEDULER_NAMES = list(_SCHEDULERS)
+
+
+def fresh_scheduler(name: str, default: Any) -> Any:
+    """A new scheduler for one job: the named one, or a fresh copy of the model's own (`name` "").
+
+    Fresh per job because schedulers keep state between steps; sharing one would leak it.
+    """
+    if not name:
+        return type(default).from_config(default.config)
+    cls, overrides = _SCHEDULERS[name]
+    return cls.from_config(default.config, **overrides)

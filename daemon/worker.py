@@ -1,0 +1,185 @@
+"""The one thread that uses the device: takes jobs from the fair queue and runs them.
+
+It never touches the ROUTER socket (ZeroMQ sockets are single-threaded); its events go through an
+inproc PUSH socket that the server's I/O loop forwards. Nothing a job does can kill this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..protocol.messages import pack
+from .device import is_out_of_memory
+from .errors import ErrorCode, RequestError
+from .images import encode_image
+from .jobs import FairQueue, Job
+from .models import ModelManager
+from .ops import OPS
+from .ops.common import JobCancelled, Patch, StepReporter
+from .preprocessors import Preprocessors
+
+log = logging.getLogger("underpaint.worker")
+
+EVENTS_ENDPOINT = "inproc://underpaint-events"
+
+
+class Worker(threading.Thread):
+    def __init__(
+        self,
+        queue: FairQueue,
+        models: ModelManager,
+        context: zmq.Context,
+        on_done: Callable[[Job], None],
+    ) -> None:
+        super().__init__(name="underpaint-worker", daemon=True)
+        self.queue = queue
+        self.models = models
+        self.context = context
+        self.on_done = on_done
+        self.preprocessors = Preprocessors()
+        self.current: Job | None = None
+        self._out: zmq.Socket | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def emit(self, job: Job, message: dict[str, Any]) -> None:
+        assert self._out is not None
+        self._out.send_multipart([job.client, pack(message)], copy=False)
+
+    def run(self) -> None:
+        self._out = self.context.socket(zmq.PUSH)
+        self._out.setsockopt(zmq.LINGER, 0)
+        self._out.connect(EVENTS_ENDPOINT)
+        while True:
+            job = self.queue.get()
+            if job is None:
+                break
+            self.current = job
+            job.state = "running"
+            try:
+                self._dispatch(job)
+            except Exception:  # last line of defence: the worker must survive anything
+                log.exception("unexpected failure in job %s", job.id)
+            finally:
+                self.current = None
+                self.on_done(job)
+        self._out.close(0)
+
+    def _dispatch(self, job: Job) -> None:
+        if job.kind == "load":
+            self._load(job)
+        elif job.kind == "unload":
+            freed = self.models.unload(job.model)
+            self.emit(job, _reply(job, "unloaded", model=job.model, freed_bytes=freed))
+        else:
+            self._run_op(job)
+
+    def _load(self, job: Job) -> None:
+        t0 = time.perf_counter()
+        try:
+            preset = self.models.preset(job.model)
+            self.models.view(preset, _LOAD_KINDS.get(job.op, "txt2img"))
+        except RequestError as exc:
+            self.emit(job, _reply(job, **exc.to_message()))
+            return
+        seconds = time.perf_counter() - t0
+        self.emit(job, _reply(job, "loaded", model=job.model, op=job.op, seconds=seconds))
+
+    # -- ops -----------------------------------------------------------------------------------
+    def _run_op(self, job: Job) -> None:
+        req = job.request
+        assert req is not None
+        started = time.monotonic()
+        if job.cancel_requested.is_set():
+            self.emit(job, job.envelope("cancelled"))
+            return
+        log.info("job %s: %s on %s started", job.id, req.op, req.preset.name)
+
+        def sink(step: int, total: int, preview: Any) -> None:
+            job.step, job.total = step, total
+            event = job.envelope("progress", step=step, total=total)
+            if preview is not None:
+                event["preview"] = encode_image(preview)
+            self.emit(job, event)
+
+        load_before = self.models.load_seconds
+        try:
+            patches = self._run_with_retry(job, sink)
+            if job.cancel_requested.is_set():
+                raise JobCancelled()
+        except JobCancelled:
+            log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total)
+            self.emit(job, job.envelope("cancelled"))
+            return
+        except RequestError as exc:
+            log.warning("job %s failed: %s", job.id, exc.message)
+            self.emit(job, job.envelope("error", **_error_fields(exc)))
+            return
+        except Exception as exc:
+            code = ErrorCode.OUT_OF_MEMORY if is_out_of_memory(exc) else ErrorCode.JOB_FAILED
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self.emit(
+                job, job.envelope("error", code=code, message=f"{req.op} failed: {type(exc).__name__}: {exc}")
+            )
+            return
+        finished = time.monotonic()
+        load = self.models.load_seconds - load_before
+        timings = {
+            "queued": started - job.accepted_at,
+            "load": load,
+            "run": finished - started - load,
+            "total": finished - job.accepted_at,
+        }
+        self.emit(job, self._result(job, patches, timings))
+        log.info("job %s done in %.2f s (load %.2f s)", job.id, timings["total"], load)
+
+    def _run_with_retry(self, job: Job, sink: Callable[..., None]) -> list[Patch]:
+        """Run the op; after running out of device memory, free other presets and try once more."""
+        req = job.request
+        assert req is not None
+        for attempt in (1, 2):
+            steps = StepReporter(sink, job.cancel_requested.is_set, job.preview)
+            try:
+                return OPS[req.op].run(req, self.models, steps, preprocessors=self.preprocessors)
+            except Exception as exc:
+                if attempt == 2 or not is_out_of_memory(exc):
+                    raise
+                log.warning("job %s ran out of memory; unloading other models and retrying", job.id)
+                self.models.unload_others(req.preset.name)
+        raise AssertionError("unreachable")
+
+    def _result(self, job: Job, patches: list[Patch], timings: dict[str, float]) -> dict:
+        req = job.request
+        assert req is not None
+        fmt = req.params.get("output_format", "raw")
+        images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed) for p in patches]
+        return job.envelope(
+            "result",
+            op=req.op,
+            model=req.preset.name,
+            images=images,
+            seed=patches[0].seed,
+            params=req.params,
+            timings=timings,
+        )
+
+
+# What `load` warms for an op: the shared base for SD-1.x ops, the upscalers themselves.
+_LOAD_KINDS = {"inpaint": "inpaint", "instruct": "instruct", "upscale": "upscale_x4"}
+
+
+def _reply(job: Job, type: str, **fields: Any) -> dict[str, Any]:
+    """A direct reply to a queued request (`load`/`unload`): carries `re`, not `job`."""
+    return {"type": type, "re": job.re, **fields}
+
+
+def _error_fields(exc: RequestError) -> dict[str, Any]:
+    msg = exc.to_message()
+    msg.pop("type")
+    return msg

@@ -1,0 +1,1 @@
+"""Editor plugins (Krita, GIMP 3) shipped as data; `underpaint install-plugin` copies them."""

@@ -1,0 +1,58 @@
+"""Constants and tiny helpers shared by the daemon and every client (PROTOCOL.md sections 1-6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+DEFAULT_PORT = 57321
+DEFAULT_ENDPOINT = f"tcp://127.0.0.1:{DEFAULT_PORT}"
+
+# Event types that end a job: a client waiting on a job stops at the first of these.
+TERMINAL_EVENTS = frozenset({"result", "cancelled", "error"})
+
+
+class ErrorCode:
+    """Stable machine-readable error codes (PROTOCOL.md 6.9)."""
+
+    MALFORMED_MESSAGE = "malformed_message"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    PROTOCOL_MISMATCH = "protocol_mismatch"
+    MISSING_FIELD = "missing_field"
+    INVALID_TYPE = "invalid_type"
+    OUT_OF_RANGE = "out_of_range"
+    INVALID_VALUE = "invalid_value"
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    SIZE_MISMATCH = "size_mismatch"
+    UNKNOWN_OP = "unknown_op"
+    UNSUPPORTED_OP = "unsupported_op"
+    UNKNOWN_MODEL = "unknown_model"
+    UNKNOWN_SCHEDULER = "unknown_scheduler"
+    UNKNOWN_PREPROCESSOR = "unknown_preprocessor"
+    UNKNOWN_CONTROLNET = "unknown_controlnet"
+    QUEUE_FULL = "queue_full"
+    UNKNOWN_JOB = "unknown_job"
+    NOT_OWNER = "not_owner"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    OUT_OF_MEMORY = "out_of_memory"
+    JOB_FAILED = "job_failed"
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    """Encode one message as a msgpack frame (bin for bytes, str for text)."""
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def unpack(frame: bytes | memoryview) -> Any:
+    """Decode one frame; raises ValueError-family exceptions on garbage."""
+    return msgpack.unpackb(frame, raw=False, strict_map_key=False)
+
+
+def raw_image(width: int, height: int, channels: int, data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Build a raw image object: 8-bit, row-major, channels interleaved R,G,B,A."""
+    return {"format": "raw", "width": width, "height": height, "channels": channels, "data": data}
