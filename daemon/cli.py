@@ -63,6 +63,9 @@ def _endpoint_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint", default=DEFAULT_ENDPOINT, help=f"daemon ZeroMQ endpoint (default: {DEFAULT_ENDPOINT})"
     )
+    p.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to wait for the daemon to answer (default 10)"
+    )
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from ..protocol import Client
 
-    with Client(args.endpoint, timeout=10) as client:
+    with Client(args.endpoint, timeout=args.timeout) as client:
         try:
             reply = client.models()
         except TimeoutError as exc:
@@ -259,7 +262,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ..protocol import Client
 
-    with Client(args.endpoint, timeout=10) as client:
+    with Client(args.endpoint, timeout=args.timeout) as client:
         try:
             welcome = client.hello("underpaint-cli")
             status = client.status()

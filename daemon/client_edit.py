@@ -70,7 +70,7 @@ def run_edit(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"underpaint edit: {exc}", file=sys.stderr)
         return 2
-    with Client(args.endpoint, timeout=30) as client:
+    with Client(args.endpoint, timeout=args.timeout) as client:
         try:
             client.hello("underpaint-cli")
             job = client.submit(args.op, params, images, model=args.model, preview=args.preview)

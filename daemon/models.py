@@ -137,7 +137,9 @@ class ModelManager:
     def view(self, preset: Preset, kind: str, controlnets: Sequence[str] = ()) -> DiffusionPipeline:
         """A pipeline of `kind` built over the preset's shared, already-loaded components."""
         if kind in ("upscale_x4", "upscale_x2"):
-            return self._component(preset, kind)
+            pipe = self._component(preset, kind)
+            self._evict(keep={(preset.name, kind)})
+            return pipe
         key = (preset.name, kind, tuple(controlnets))
         needed = self._needed(preset, kind, controlnets)
         for role in needed:
@@ -269,7 +271,7 @@ class ModelManager:
 
     def _from_source(self, preset: Preset, role: str, source: str) -> Any:
         single = source.lower().endswith(SINGLE_FILE_SUFFIXES)
-        common: dict[str, Any] = {"torch_dtype": self.dtype}
+        common: dict[str, Any] = {"dtype": self.dtype}
         if single and preset.single_file_config:
             common["config"] = preset.single_file_config
         if role.startswith("controlnet:"):

@@ -32,7 +32,9 @@ PREPROCESSORS: dict[str, Preprocessor | None] = {
     "none": None,
     "canny": Preprocessor("canny", "controlnet_aux.canny:CannyDetector", None),
     "shuffle": Preprocessor("shuffle", "controlnet_aux.shuffle:ContentShuffleDetector", None),
-    "lineart_standard": Preprocessor("lineart_standard", "controlnet_aux.lineart_standard:LineartStandardDetector", None),
+    "lineart_standard": Preprocessor(
+        "lineart_standard", "controlnet_aux.lineart_standard:LineartStandardDetector", None
+    ),
     "lineart": Preprocessor("lineart", "controlnet_aux.lineart:LineartDetector", "sk_model.pth"),
     "hed": Preprocessor("hed", "controlnet_aux.hed:HEDdetector", "ControlNetHED.pth"),
     "pidi": Preprocessor("pidi", "controlnet_aux.pidi:PidiNetDetector", "table5_pidinet.pth"),

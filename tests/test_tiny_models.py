@@ -8,11 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import filecmp
 import hashlib
-import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -33,21 +31,8 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from underpaint.daemon import tiny
 
-def _load_tiny() -> ModuleType:
-    """Import the module from the installed package, or straight from the checkout."""
-    try:
-        from underpaint.daemon import tiny
-    except ImportError:
-        path = Path(__file__).resolve().parents[1] / "daemon" / "tiny.py"
-        spec = importlib.util.spec_from_file_location("underpaint_tiny_under_test", path)
-        assert spec is not None and spec.loader is not None
-        tiny = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(tiny)
-    return tiny
-
-
-tiny = _load_tiny()
 PROMPT = "a red fox, oil painting"
 
 

@@ -73,12 +73,13 @@ class StepReporter:
         self.preview = preview
         self.step = 0
         self.total = 0
+        self.runs = 1  # pipeline calls this job makes (the latent upscaler runs once per variation)
 
     def _report(self, total: int, latents: torch.Tensor | None) -> None:
         if self.cancelled():
             raise JobCancelled()
         self.step += 1
-        self.total = max(total, self.step)
+        self.total = max(total * self.runs, self.step)
         image = latent_preview(latents) if self.preview and latents is not None else None
         self.sink(self.step, self.total, image)
 
@@ -179,6 +180,17 @@ def check_same_size(req: OpRequest, name: str) -> None:
                 f"images.{name} is {got[0]}x{got[1]} but images.image is {want[0]}x{want[1]}",
                 f"images.{name}",
             )
+
+
+def check_mask(req: OpRequest) -> None:
+    """A mask must match `image` and select something (else there is nothing to repaint)."""
+    if "mask" not in req.images:
+        return
+    check_same_size(req, "mask")
+    if to_mask(req.images["mask"]).getbbox() is None:
+        raise RequestError(
+            ErrorCode.INVALID_VALUE, "images.mask is empty: nothing is selected", "images.mask"
+        )
 
 
 def require_image(req: OpRequest, name: str) -> None:

@@ -15,6 +15,7 @@ from .common import (
     OpRequest,
     Patch,
     StepReporter,
+    check_mask,
     check_same_size,
     full_size,
     prepare_pipe,
@@ -30,7 +31,7 @@ def check(req: OpRequest, limits: Limits) -> None:
         raise RequestError(
             ErrorCode.MISSING_FIELD, "images.image is required with images.mask", "images.image"
         )
-    check_same_size(req, "mask")
+    check_mask(req)
     for i, unit in enumerate(req.params["units"]):
         path = f"params.units.{i}"
         if unit["model"] not in req.preset.controlnets:

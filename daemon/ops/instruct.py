@@ -9,7 +9,7 @@ from .common import (
     OpRequest,
     Patch,
     StepReporter,
-    check_same_size,
+    check_mask,
     prepare_pipe,
     require_image,
     seeds_for,
@@ -20,7 +20,7 @@ from .common import (
 
 def check(req: OpRequest, limits: Limits) -> None:
     require_image(req, "image")
-    check_same_size(req, "mask")
+    check_mask(req)
     if not req.params["instruction"].strip():
         raise RequestError(
             ErrorCode.INVALID_VALUE, "params.instruction is empty: say what to change", "params.instruction"

@@ -8,7 +8,7 @@ from .common import (
     OpRequest,
     Patch,
     StepReporter,
-    check_same_size,
+    check_mask,
     prepare_pipe,
     require_image,
     seeds_for,
@@ -19,7 +19,7 @@ from .common import (
 
 def check(req: OpRequest, limits: Limits) -> None:
     require_image(req, "image")
-    check_same_size(req, "mask")
+    check_mask(req)
 
 
 def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:

@@ -54,11 +54,12 @@ def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) 
         "output_type": "pil",
     }
     target = (image.width * factor, image.height * factor)
+    work = _workable(image, _size_multiple(pipe, factor))
     results: list[Image.Image] = []
     if factor == 4:
         out = pipe(
             **common,
-            image=image,
+            image=work,
             noise_level=params["noise_level"],
             num_images_per_prompt=len(seeds),
             generator=generators(seeds),
@@ -66,9 +67,20 @@ def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) 
         )
         results = out.images
     else:
-        # The latent upscaler has no num_images_per_prompt and wants sides divisible by 8.
-        work = image.resize((max(8, image.width // 8 * 8), max(8, image.height // 8 * 8)))
+        # The latent upscaler has no num_images_per_prompt: one call per variation.
+        steps.runs = len(seeds)
         for gen in generators(seeds):
-            steps.step = 0
             results += pipe(**common, image=work, generator=gen, **steps.legacy(pipe)).images
     return whole([r if r.size == target else r.resize(target, Image.LANCZOS) for r in results], seeds)
+
+
+def _size_multiple(pipe: object, factor: int) -> int:
+    """Input sides must survive the UNet's downsampling (and, for x2, the VAE's 8x)."""
+    unet_factor = 2 ** (len(pipe.unet.config.block_out_channels) - 1)  # type: ignore[attr-defined]
+    return unet_factor * (pipe.vae_scale_factor if factor == 2 else 1)  # type: ignore[attr-defined]
+
+
+def _workable(image: Image.Image, multiple: int) -> Image.Image:
+    """Resize to the nearest sides the model accepts; the result is scaled to the exact target."""
+    size = tuple(max(multiple, round(side / multiple) * multiple) for side in image.size)
+    return image if size == image.size else image.resize(size, Image.LANCZOS)
