@@ -75,9 +75,18 @@ def load_config(user_file: Path | None = None) -> Config:
 
 
 TINY_PREFIX = "@tiny/"  # resolved by the model manager, which builds the tiny models on first use
+FULLSIZE_PREFIX = "@fullsize/"  # likewise for the full-size random SD 1.5 models (benchmarks)
 
 
 def _preset(name: str, entry: dict[str, Any]) -> Preset:
+    if entry.get("builtin") == "fullsize":
+        return Preset(
+            name,
+            entry.get("family", "sd15"),
+            int(entry.get("resolution", 512)),
+            {"base": FULLSIZE_PREFIX + "base"},
+            {"canny": FULLSIZE_PREFIX + "controlnet-canny"},
+        )
     if entry.get("builtin") == "tiny":
         sources = {
             "base": "base",

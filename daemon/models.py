@@ -36,7 +36,7 @@ from diffusers import (
 )
 from diffusers.models import MultiControlNetModel
 
-from .config import TINY_PREFIX, Config, Preset, data_home
+from .config import FULLSIZE_PREFIX, TINY_PREFIX, Config, Preset, data_home
 from .errors import ErrorCode, RequestError
 
 log = logging.getLogger("underpaint.models")
@@ -252,6 +252,10 @@ class ModelManager:
             from .tiny import ensure_tiny_models
 
             return str(ensure_tiny_models(self.tiny_root) / source[len(TINY_PREFIX) :])
+        if source.startswith(FULLSIZE_PREFIX):
+            from .fullsize import ensure_fullsize_models
+
+            return str(ensure_fullsize_models(self.tiny_root) / source[len(FULLSIZE_PREFIX) :])
         return source
 
     def _load(self, preset: Preset, role: str) -> Any:

@@ -62,43 +62,47 @@ class Worker(threading.Thread):
                 break
             self.current = job
             job.state = "running"
+            final: dict[str, Any] | None = None
             try:
-                self._dispatch(job)
-            except Exception:  # last line of defence: the worker must survive anything
+                final = self._dispatch(job)
+            except Exception as exc:  # last line of defence: the worker must survive anything
                 log.exception("unexpected failure in job %s", job.id)
+                final = job.envelope("error", code=ErrorCode.JOB_FAILED, message=f"internal error: {exc}")
             finally:
+                # Forget the job before its last event leaves, so a client reacting to that event
+                # (a second cancel, a status) already sees it gone.
                 self.current = None
                 self.on_done(job)
+            if final is not None:
+                self.emit(job, final)
         self._out.close(0)
 
-    def _dispatch(self, job: Job) -> None:
+    def _dispatch(self, job: Job) -> dict[str, Any]:
+        """Run one job; returns its final message (result, cancelled, error, loaded, unloaded)."""
         if job.kind == "load":
-            self._load(job)
-        elif job.kind == "unload":
+            return self._load(job)
+        if job.kind == "unload":
             freed = self.models.unload(job.model)
-            self.emit(job, _reply(job, "unloaded", model=job.model, freed_bytes=freed))
-        else:
-            self._run_op(job)
+            return _reply(job, "unloaded", model=job.model, freed_bytes=freed)
+        return self._run_op(job)
 
-    def _load(self, job: Job) -> None:
+    def _load(self, job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             preset = self.models.preset(job.model)
             self.models.view(preset, _LOAD_KINDS.get(job.op, "txt2img"))
         except RequestError as exc:
-            self.emit(job, _reply(job, **exc.to_message()))
-            return
+            return _reply(job, **exc.to_message())
         seconds = time.perf_counter() - t0
-        self.emit(job, _reply(job, "loaded", model=job.model, op=job.op, seconds=seconds))
+        return _reply(job, "loaded", model=job.model, op=job.op, seconds=seconds)
 
     # -- ops -----------------------------------------------------------------------------------
-    def _run_op(self, job: Job) -> None:
+    def _run_op(self, job: Job) -> dict[str, Any]:
         req = job.request
         assert req is not None
         started = time.monotonic()
         if job.cancel_requested.is_set():
-            self.emit(job, job.envelope("cancelled"))
-            return
+            return job.envelope("cancelled")
         log.info("job %s: %s on %s started", job.id, req.op, req.preset.name)
 
         def sink(step: int, total: int, preview: Any) -> None:
@@ -115,19 +119,15 @@ class Worker(threading.Thread):
                 raise JobCancelled()
         except JobCancelled:
             log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total)
-            self.emit(job, job.envelope("cancelled"))
-            return
+            return job.envelope("cancelled")
         except RequestError as exc:
             log.warning("job %s failed: %s", job.id, exc.message)
-            self.emit(job, job.envelope("error", **_error_fields(exc)))
-            return
+            return job.envelope("error", **_error_fields(exc))
         except Exception as exc:
             code = ErrorCode.OUT_OF_MEMORY if is_out_of_memory(exc) else ErrorCode.JOB_FAILED
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self.emit(
-                job, job.envelope("error", code=code, message=f"{req.op} failed: {type(exc).__name__}: {exc}")
-            )
-            return
+            message = f"{req.op} failed: {type(exc).__name__}: {exc}"
+            return job.envelope("error", code=code, message=message)
         finished = time.monotonic()
         load = self.models.load_seconds - load_before
         timings = {
@@ -136,8 +136,8 @@ class Worker(threading.Thread):
             "run": finished - started - load,
             "total": finished - job.accepted_at,
         }
-        self.emit(job, self._result(job, patches, timings))
         log.info("job %s done in %.2f s (load %.2f s)", job.id, timings["total"], load)
+        return self._result(job, patches, timings)
 
     def _run_with_retry(self, job: Job, sink: Callable[..., None]) -> list[Patch]:
         """Run the op; after running out of device memory, free other presets and try once more."""
