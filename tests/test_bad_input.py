@@ -75,6 +75,7 @@ CASES = [
     (submit(params={"strength": 1.5}), "out_of_range", "params.strength"),
     (submit(params={"seed": -1}), "out_of_range", "params.seed"),
     (submit(params={"variations": 0}), "out_of_range", "params.variations"),
+    (submit(params={"steps": 3, "strength": 0.2}), "invalid_value", "params.strength"),
     (submit(params={"resolution": 100000}), "out_of_range", "params.resolution"),
     (submit(op="txt2img", params={"width": 100000}), "out_of_range", "params.width"),
     (submit(params={"scheduler": "warp-drive"}), "unknown_scheduler", "params.scheduler"),

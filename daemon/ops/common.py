@@ -193,6 +193,17 @@ def check_mask(req: OpRequest) -> None:
         )
 
 
+def check_strength(req: OpRequest) -> None:
+    """diffusers runs int(steps * strength) steps: at least one must remain."""
+    strength = req.params.get("strength")
+    if strength is not None and int(req.params["steps"] * strength) < 1:
+        raise RequestError(
+            ErrorCode.INVALID_VALUE,
+            f"params.steps ({req.params['steps']}) x params.strength ({strength:g}) leaves no step to run",
+            "params.strength",
+        )
+
+
 def require_image(req: OpRequest, name: str) -> None:
     if name not in req.images:
         raise RequestError(

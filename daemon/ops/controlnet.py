@@ -17,6 +17,7 @@ from .common import (
     StepReporter,
     check_mask,
     check_same_size,
+    check_strength,
     full_size,
     prepare_pipe,
     seeds_for,
@@ -32,6 +33,10 @@ def check(req: OpRequest, limits: Limits) -> None:
             ErrorCode.MISSING_FIELD, "images.image is required with images.mask", "images.image"
         )
     check_mask(req)
+    if "image" in req.images and req.params["strength"] is None:
+        # img2img keeps some of the picture by default; inpainting repaints the masked area fully
+        req.params["strength"] = 1.0 if "mask" in req.images else 0.75
+    check_strength(req)
     for i, unit in enumerate(req.params["units"]):
         path = f"params.units.{i}"
         if unit["model"] not in req.preset.controlnets:
@@ -104,12 +109,15 @@ def run(
     extra = _unit_args(units, maps)
     control = extra.pop("_maps")
     if kind == "controlnet_img2img":
-        strength = params["strength"] if params["strength"] is not None else 0.75
         out = pipe(
-            **args, image=ws.image, control_image=control, strength=strength, **extra, **steps.on_step_end()
+            **args,
+            image=ws.image,
+            control_image=control,
+            strength=params["strength"],
+            **extra,
+            **steps.on_step_end(),
         )
     else:
-        strength = params["strength"] if params["strength"] is not None else 1.0
         out = pipe(
             **args,
             image=ws.image,
@@ -117,9 +125,8 @@ def run(
             control_image=control,
             width=ws.image.width,
             height=ws.image.height,
-            strength=strength,
+            strength=params["strength"],
             **extra,
             **steps.on_step_end(),
         )
-    params["strength"] = strength
     return ws.patches(out.images, seeds, params["feather"])

@@ -9,6 +9,7 @@ from .common import (
     Patch,
     StepReporter,
     check_mask,
+    check_strength,
     prepare_pipe,
     require_image,
     seeds_for,
@@ -20,6 +21,7 @@ from .common import (
 def check(req: OpRequest, limits: Limits) -> None:
     require_image(req, "image")
     check_mask(req)
+    check_strength(req)
 
 
 def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
