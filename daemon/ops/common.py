@@ -160,6 +160,25 @@ class Workspace:
         return crop_to_work(img, self.region)
 
 
+def run_in_workspace(
+    req: OpRequest,
+    models: Any,
+    steps: StepReporter,
+    kind: str,
+    call: Callable[[Workspace], dict[str, Any]],
+    text: dict[str, Any] | None = None,
+    controlnets: list[str] | None = None,
+) -> list[Patch]:
+    """The shape of every image op: crop to the selection, run pipeline view `kind` with the
+    arguments `call(workspace)` gives, and return pasteable patches."""
+    seeds = seeds_for(req.params)
+    ws = workspace(req)
+    pipe = prepare_pipe(models.view(req.preset, kind, controlnets or []), req.params)
+    args = text_args(req.params, seeds) | (text or {})
+    out = pipe(**args, image=ws.image, **call(ws), **steps.on_step_end())
+    return ws.patches(out.images, seeds, req.params["feather"])
+
+
 def workspace(req: OpRequest) -> Workspace:
     image = req.images["image"]
     mask = to_mask(req.images["mask"]) if "mask" in req.images else None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
@@ -15,15 +16,16 @@ from .common import (
     OpRequest,
     Patch,
     StepReporter,
+    Workspace,
     check_mask,
     check_same_size,
     check_strength,
     full_size,
     prepare_pipe,
+    run_in_workspace,
     seeds_for,
     text_args,
     whole,
-    workspace,
 )
 
 
@@ -67,18 +69,17 @@ def _kind(req: OpRequest) -> str:
     return "controlnet_inpaint" if "mask" in req.images else "controlnet_img2img"
 
 
-def _unit_args(units: list[dict[str, Any]], maps: list[Image.Image]) -> dict[str, Any]:
+def _unit_args(units: list[dict[str, Any]]) -> dict[str, Any]:
     """Single units take scalars, several take lists (diffusers' MultiControlNet convention)."""
-
-    def pick(values: list[Any]) -> Any:
-        return values[0] if len(values) == 1 else values
-
     return {
-        "controlnet_conditioning_scale": pick([u["scale"] for u in units]),
-        "control_guidance_start": pick([u["start"] for u in units]),
-        "control_guidance_end": pick([u["end"] for u in units]),
-        "_maps": pick(maps),
+        "controlnet_conditioning_scale": _pick([u["scale"] for u in units]),
+        "control_guidance_start": _pick([u["start"] for u in units]),
+        "control_guidance_end": _pick([u["end"] for u in units]),
     }
+
+
+def _pick(values: list[Any]) -> Any:
+    return values[0] if len(values) == 1 else values
 
 
 def run(
@@ -89,44 +90,36 @@ def run(
     **_: object,
 ) -> list[Patch]:
     params, units = req.params, req.params["units"]
-    seeds = seeds_for(params)
-    kind = _kind(req)
-    pipe = prepare_pipe(models.view(req.preset, kind, [u["model"] for u in units]), params)
-    args = text_args(params, seeds)
-    if kind == "controlnet":
+    nets = [u["model"] for u in units]
+
+    def control_maps(fit: Callable[[Image.Image], Image.Image]) -> Any:
+        """Each unit's source fitted to the working size, then preprocessed."""
+        return _pick(
+            [
+                preprocessors.apply(u["preprocessor"], fit(req.images[u["image"]]), params["seed"])
+                for u in units
+            ]
+        )
+
+    if "image" not in req.images:
+        seeds = seeds_for(params)
         size = full_size(req)
-        maps = [
-            preprocessors.apply(u["preprocessor"], req.images[u["image"]].resize(size), seeds[0])
-            for u in units
-        ]
-        extra = _unit_args(units, maps)
+        pipe = prepare_pipe(models.view(req.preset, "controlnet", nets), params)
         out = pipe(
-            **args, image=extra.pop("_maps"), width=size[0], height=size[1], **extra, **steps.on_step_end()
+            **text_args(params, seeds),
+            image=control_maps(lambda img: img.resize(size)),
+            width=size[0],
+            height=size[1],
+            **_unit_args(units),
+            **steps.on_step_end(),
         )
         return whole(out.images, seeds)
-    ws = workspace(req)
-    maps = [preprocessors.apply(u["preprocessor"], ws.crop(req.images[u["image"]]), seeds[0]) for u in units]
-    extra = _unit_args(units, maps)
-    control = extra.pop("_maps")
-    if kind == "controlnet_img2img":
-        out = pipe(
-            **args,
-            image=ws.image,
-            control_image=control,
-            strength=params["strength"],
-            **extra,
-            **steps.on_step_end(),
-        )
-    else:
-        out = pipe(
-            **args,
-            image=ws.image,
-            mask_image=ws.work_mask,
-            control_image=control,
-            width=ws.image.width,
-            height=ws.image.height,
-            strength=params["strength"],
-            **extra,
-            **steps.on_step_end(),
-        )
-    return ws.patches(out.images, seeds, params["feather"])
+
+    def call(ws: Workspace) -> dict[str, Any]:
+        args = {"control_image": control_maps(ws.crop), "strength": params["strength"], **_unit_args(units)}
+        if ws.work_mask is not None:
+            args |= {"mask_image": ws.work_mask, "width": ws.image.width, "height": ws.image.height}
+        return args
+
+    kind = "controlnet_inpaint" if "mask" in req.images else "controlnet_img2img"
+    return run_in_workspace(req, models, steps, kind, call, controlnets=nets)

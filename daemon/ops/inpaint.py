@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..models import ModelManager
 from ..params import Limits
 from .common import (
     OpRequest,
     Patch,
     StepReporter,
+    Workspace,
     check_mask,
     check_strength,
-    prepare_pipe,
     require_image,
-    seeds_for,
-    text_args,
-    workspace,
+    run_in_workspace,
 )
 
 
@@ -26,16 +26,13 @@ def check(req: OpRequest, limits: Limits) -> None:
 
 
 def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
-    seeds = seeds_for(req.params)
-    ws = workspace(req)
-    pipe = prepare_pipe(models.view(req.preset, "inpaint"), req.params)
-    out = pipe(
-        **text_args(req.params, seeds),
-        image=ws.image,
-        mask_image=ws.work_mask,
-        width=ws.image.width,
-        height=ws.image.height,
-        strength=req.params["strength"],
-        **steps.on_step_end(),
-    )
-    return ws.patches(out.images, seeds, req.params["feather"])
+    def args(ws: Workspace) -> dict[str, Any]:
+        # Without width/height the pipeline would work at the model's native size, not the crop's.
+        return {
+            "mask_image": ws.work_mask,
+            "width": ws.image.width,
+            "height": ws.image.height,
+            "strength": req.params["strength"],
+        }
+
+    return run_in_workspace(req, models, steps, "inpaint", args)

@@ -5,17 +5,7 @@ from __future__ import annotations
 from ..errors import ErrorCode, RequestError
 from ..models import ModelManager
 from ..params import Limits
-from .common import (
-    OpRequest,
-    Patch,
-    StepReporter,
-    check_mask,
-    prepare_pipe,
-    require_image,
-    seeds_for,
-    text_args,
-    workspace,
-)
+from .common import OpRequest, Patch, StepReporter, check_mask, require_image, run_in_workspace
 
 
 def check(req: OpRequest, limits: Limits) -> None:
@@ -28,14 +18,11 @@ def check(req: OpRequest, limits: Limits) -> None:
 
 
 def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
-    seeds = seeds_for(req.params)
-    ws = workspace(req)
-    pipe = prepare_pipe(models.view(req.preset, "instruct"), req.params)
-    args = text_args(req.params, seeds) | {"prompt": req.params["instruction"]}
-    out = pipe(
-        **args,
-        image=ws.image,
-        image_guidance_scale=req.params["image_guidance_scale"],
-        **steps.on_step_end(),
+    return run_in_workspace(
+        req,
+        models,
+        steps,
+        "instruct",
+        lambda ws: {"image_guidance_scale": req.params["image_guidance_scale"]},
+        text={"prompt": req.params["instruction"]},
     )
-    return ws.patches(out.images, seeds, req.params["feather"])

@@ -10,11 +10,8 @@ from .common import (
     StepReporter,
     check_mask,
     check_strength,
-    prepare_pipe,
     require_image,
-    seeds_for,
-    text_args,
-    workspace,
+    run_in_workspace,
 )
 
 
@@ -25,13 +22,4 @@ def check(req: OpRequest, limits: Limits) -> None:
 
 
 def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
-    seeds = seeds_for(req.params)
-    ws = workspace(req)
-    pipe = prepare_pipe(models.view(req.preset, "img2img"), req.params)
-    out = pipe(
-        **text_args(req.params, seeds),
-        image=ws.image,
-        strength=req.params["strength"],
-        **steps.on_step_end(),
-    )
-    return ws.patches(out.images, seeds, req.params["feather"])
+    return run_in_workspace(req, models, steps, "img2img", lambda ws: {"strength": req.params["strength"]})
