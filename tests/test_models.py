@@ -86,3 +86,15 @@ def test_user_config_merges_over_the_builtin_presets(tmp_path: Path) -> None:
     mine = loaded.presets["mine"]
     assert mine.resolution == 768 and mine.ops() == ["txt2img", "sdedit", "inpaint", "controlnet"]
     assert loaded.presets["sd15"].sources["inpaint"] == "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+
+def test_device_and_precision_choice() -> None:
+    from underpaint.daemon.device import pick_device, pick_dtype
+
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert pick_device("auto").type == expected
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_dtype(torch.device("cpu")) == torch.float32
+    assert pick_dtype(torch.device("cuda")) == torch.float16, "half precision on GPUs"
+    assert pick_dtype(torch.device("mps")) == torch.float16
+    assert pick_dtype(torch.device("cuda"), "float32") == torch.float32
