@@ -11,7 +11,6 @@ Layout shipped:
 from __future__ import annotations
 
 import argparse
-import configparser
 import os
 import shutil
 import stat
@@ -97,29 +96,49 @@ def stage_krita(dest: Path) -> Path:
     return dest / KRITA_NAME
 
 
-def enable_in_kritarc(kritarc: Path) -> None:
-    """Krita loads only enabled Python plugins: set [python] enable_underpaint_krita=true."""
-    parser = configparser.RawConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep Krita's key case
-    if kritarc.exists():
-        parser.read(kritarc, encoding="utf-8")
-    if not parser.has_section("python"):
-        parser.add_section("python")
-    parser.set("python", f"enable_{KRITA_NAME}", "true")
+def enable_in_kritarc(kritarc: Path, name: str = KRITA_NAME) -> None:
+    """Krita loads only enabled Python plugins: set [python] enable_<name>=true.
+
+    Edits that one line and keeps the rest of the file byte for byte: kritarc is KConfig, not INI (a
+    Krita that ran once writes keys before any section and `[A][B]` groups), which configparser
+    refuses to read ("File contains no section headers") or would rewrite lossily.
+    """
+    key = f"enable_{name}"
+    text = kritarc.read_text(encoding="utf-8") if kritarc.exists() else ""
+    lines = text.splitlines(keepends=True)
+    section, python_at = "", -1
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped
+            python_at = i + 1 if stripped == "[python]" else python_at
+        elif section == "[python]" and stripped.split("=", 1)[0].strip() == key:
+            lines[i] = f"{key}=true\n"
+            break
+    else:
+        if python_at >= 0:
+            lines.insert(python_at, f"{key}=true\n")
+        else:
+            if lines and not lines[-1].endswith("\n"):
+                lines[-1] += "\n"
+            lines += (["\n"] if lines else []) + ["[python]\n", f"{key}=true\n"]
     kritarc.parent.mkdir(parents=True, exist_ok=True)
-    with kritarc.open("w", encoding="utf-8") as f:
-        parser.write(f, space_around_delimiters=False)
+    kritarc.write_text("".join(lines), encoding="utf-8")
 
 
 def build_krita_zip(zip_path: Path) -> Path:
-    """A zip for Krita's Tools > Scripts > Import Python Plugin from File."""
+    """A zip for Krita's Tools > Scripts > Import Python Plugin from File.
+
+    Folders get their own entries ("underpaint_krita/"): Krita's importer finds a plugin's package by
+    its folder entry and reports "No plugins found in archive" without one.
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         stage_krita(Path(tmp))
         with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(Path(tmp).rglob("*")):
-                if path.is_file():
+                if path.is_file() or path.is_dir():
                     zf.write(path, path.relative_to(tmp).as_posix())
     return zip_path
 

@@ -1,0 +1,154 @@
+"""Reading what a job needs from a Krita document: selection mask, region pixels, control layers.
+
+Reads only; nothing here changes the document. Krita's `pixelData` gives B,G,R,A bytes; the wire
+wants R,G,B,A (PROTOCOL.md section 4), and only the job's region is read and sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import qimages
+from .modes import MODES_BY_KEY, FormValues, Mode
+from .pixels import bgra_to_rgba, has_transparency, mask_bounds
+from .regions import Rect, job_region, working_size
+
+
+class InputError(Exception):
+    """The document or selection cannot make this job; the message is for the painter."""
+
+
+@dataclass
+class Capture:
+    """What was read for one job: the region (canvas px), its mask and the wire images."""
+
+    region: Rect
+    mask: bytes | None  # region-sized, one byte per pixel, or None without a selection
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    size: tuple[int, int] | None = None  # txt2img working size
+    source: str = ""
+    control_layers: list[str] = field(default_factory=list)
+
+
+def document_problem(doc: Any) -> str | None:
+    """Underpaint reads and writes RGBA 8-bit pixels: say so for anything else."""
+    if doc is None:
+        return "Open a document first."
+    model, depth = doc.colorModel(), doc.colorDepth()
+    if (model, depth) != ("RGBA", "U8"):
+        return (
+            f"This document is {model} {depth}; Underpaint works on RGBA 8-bit documents. Convert a copy "
+            "with Image > Convert Image Color Space (RGB/Alpha, 8-bit integer) and generate there."
+        )
+    return None
+
+
+def canvas_rect(doc: Any) -> Rect:
+    return Rect(0, 0, int(doc.width()), int(doc.height()))
+
+
+def selection_bounds(doc: Any) -> Rect | None:
+    """Exact bounds of the selection's non-zero pixels (soft edges included), or None."""
+    selection = doc.selection()
+    if selection is None:
+        return None
+    rough = Rect(int(selection.x()), int(selection.y()), int(selection.width()), int(selection.height()))
+    rough = rough.intersected(canvas_rect(doc))
+    if rough.empty:
+        return None
+    data = bytes(selection.pixelData(rough.x, rough.y, rough.width, rough.height))
+    exact = mask_bounds(data, rough.width, rough.height)
+    return exact.translated(rough.x, rough.y) if exact else None
+
+
+def read_mask(doc: Any, region: Rect) -> bytes:
+    """The selection over `region` as an 8-bit mask (0 keep, 255 repaint, soft edges kept)."""
+    data = bytes(doc.selection().pixelData(region.x, region.y, region.width, region.height))
+    if len(data) != region.width * region.height:
+        raise InputError(
+            f"Krita returned {len(data)} selection bytes for a {region.width}x{region.height} region"
+        )
+    return data
+
+
+def read_pixels(doc: Any, node: Any | None, region: Rect) -> bytes:
+    """B,G,R,A pixels of the projection (node None) or of a layer's projection, flattened on white."""
+    x, y, w, h = region.x, region.y, region.width, region.height
+    data = bytes(doc.pixelData(x, y, w, h) if node is None else node.projectionPixelData(x, y, w, h))
+    if len(data) != w * h * 4:
+        raise InputError(f"Krita returned {len(data)} bytes for a {w}x{h} RGBA region")
+    return qimages.flatten_on_white(data, w, h) if has_transparency(data) else data
+
+
+def raw_rgba(bgra: bytes, region: Rect) -> dict[str, Any]:
+    return {
+        "format": "raw",
+        "width": region.width,
+        "height": region.height,
+        "channels": 4,
+        "data": bgra_to_rgba(bgra),
+    }
+
+
+def find_node(doc: Any, unique_id: str) -> Any | None:
+    """The node with this uniqueId (text form) anywhere in the layer tree."""
+    stack = list(doc.rootNode().childNodes())
+    while stack:
+        node = stack.pop()
+        if node.uniqueId().toString() == unique_id:
+            return node
+        stack.extend(node.childNodes())
+    return None
+
+
+def capture(doc: Any, form: FormValues, resolution: int) -> Capture:
+    """Read the region, mask, image and control images the job needs (PROTOCOL.md section 7).
+
+    `resolution` is the preset's native size, used for txt2img's working size.
+    """
+    problem = document_problem(doc)
+    if problem:
+        raise InputError(problem)
+    mode: Mode = MODES_BY_KEY[form.mode]
+    doc.waitForDone()  # pending strokes/filters must land before we read
+    canvas = canvas_rect(doc)
+    selected = selection_bounds(doc)
+    if mode.needs_selection and selected is None:
+        raise InputError(
+            f"{mode.label} repaints the selection: select a region first (any shape, soft edges ok)."
+        )
+    region = job_region(selected, canvas, form.padding if mode.padded else 0)
+    mask = read_mask(doc, region) if selected is not None and mode.op != "upscale" else None
+    result = Capture(region=region, mask=mask)
+    if mode.op == "txt2img":
+        result.size = working_size(region.width, region.height, form.resolution or resolution)
+        return result
+    node = None
+    if form.source == "layer":
+        node = doc.activeNode()
+        if node is None:
+            raise InputError("No active layer to read; choose 'Visible image' as the source.")
+        result.source = f"layer:{node.name()}"
+    else:
+        result.source = "visible"
+    result.images["image"] = raw_rgba(read_pixels(doc, node, region), region)
+    if mask is not None:
+        result.images["mask"] = {
+            "format": "raw",
+            "width": region.width,
+            "height": region.height,
+            "channels": 1,
+            "data": mask,
+        }
+    if mode.key == "controlnet":
+        for i, unit in enumerate(form.active_units()):
+            control_node = find_node(doc, unit.layer_id)
+            if control_node is None:
+                raise InputError(f"ControlNet unit {i + 1}: the layer {unit.layer_name!r} is gone.")
+            pixels = read_pixels(doc, control_node, region)
+            if unit.invert:
+                pixels = qimages.inverted(pixels, region.width, region.height)
+            result.images[f"control{i}"] = raw_rgba(pixels, region)
+            result.control_layers.append(control_node.name())
+    return result

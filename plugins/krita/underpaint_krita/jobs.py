@@ -1,0 +1,99 @@
+"""The life of one job as the docker sees it, driven by daemon messages (pure Python, unit-tested).
+
+SUBMITTING --accepted--> QUEUED --progress--> RUNNING --result--> DONE
+any live state --error--> FAILED, --cancelled--> CANCELLED, --connection lost--> FAILED.
+A cancel asked before `accepted` is sent as soon as the job id is known; a result that races a cancel
+the painter asked for is dropped (they said they did not want it).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class JobState(enum.Enum):
+    SUBMITTING = "submitting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass
+class Job:
+    """One submitted job; `context` is whatever the docker needs to place the result."""
+
+    rid: int
+    op: str
+    context: Any = None
+    job_id: str | None = None
+    state: JobState = JobState.SUBMITTING
+    position: int = 0
+    step: int = 0
+    total: int = 0
+    message: str = ""
+    error_code: str = ""
+    result: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    cancel_sent: bool = False
+    missing_from_status: int = 0
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def matches(self, message: dict[str, Any]) -> bool:
+        """Is `message` about this job (its direct replies carry `re`, its events carry `job`)?"""
+        if self.job_id is not None and message.get("job") == self.job_id:
+            return True
+        return message.get("re") == self.rid and message.get("type") in ("accepted", "error")
+
+    def request_cancel(self) -> None:
+        if not self.finished:
+            self.cancel_requested = True
+            if self.state is not JobState.SUBMITTING:
+                self.state = JobState.CANCELLING
+
+    def fail(self, message: str, code: str = "job_failed") -> None:
+        if not self.finished:
+            self.state, self.message, self.error_code = JobState.FAILED, message, code
+
+    def handle(self, message: dict[str, Any]) -> str | None:
+        """Apply one daemon message; returns its type when it changed this job, else None."""
+        if self.finished:
+            return None
+        kind = message.get("type")
+        if kind == "accepted":
+            self.job_id = str(message.get("job"))
+            self.position = int(message.get("position") or 0)
+            self.state = JobState.CANCELLING if self.cancel_requested else JobState.QUEUED
+        elif kind == "progress":
+            self.step, self.total = int(message.get("step") or 0), int(message.get("total") or 0)
+            if self.state is not JobState.CANCELLING:
+                self.state = JobState.RUNNING
+        elif kind == "result":
+            if self.cancel_requested:
+                self.state, self.message = (
+                    JobState.CANCELLED,
+                    "cancelled (a result that raced the cancel was dropped)",
+                )
+            else:
+                self.state, self.result = JobState.DONE, message
+        elif kind == "cancelled":
+            self.state, self.message = JobState.CANCELLED, "cancelled"
+        elif kind == "error":
+            self.fail(
+                str(message.get("message") or message.get("code")), str(message.get("code") or "job_failed")
+            )
+        else:
+            return None  # unknown event types are ignored (PROTOCOL.md section 2)
+        self.events.append(str(kind))
+        return str(kind)

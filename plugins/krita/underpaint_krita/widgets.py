@@ -1,0 +1,126 @@
+"""Small Qt widgets of the docker: a layer picker that refreshes itself and a ControlNet unit editor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from PyQt5.QtCore import Qt
+from PyQt5.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QWidget,
+)
+
+from .modes import UnitForm
+
+
+class LayerCombo(QComboBox):
+    """Lists the document's layers (by uniqueId); re-reads them every time it opens."""
+
+    def __init__(self, layers: Callable[[], list[tuple[str, str]]], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layers = layers
+        self.refresh()
+
+    def refresh(self) -> None:
+        current = self.currentData()
+        self.blockSignals(True)
+        self.clear()
+        self.addItem("(choose a layer)", "")
+        for unique_id, label in self._layers():
+            self.addItem(label, unique_id)
+        index = self.findData(current) if current else 0
+        self.setCurrentIndex(max(0, index))
+        self.blockSignals(False)
+
+    def showPopup(self) -> None:  # noqa: N802 (Qt's name)
+        self.refresh()
+        super().showPopup()
+
+    def select_layer(self, unique_id: str) -> bool:
+        self.refresh()
+        index = self.findData(unique_id)
+        if index >= 0:
+            self.setCurrentIndex(index)
+        return index >= 0
+
+
+def fill_combo(combo: QComboBox, items: list[tuple[str, Any, bool]], keep: Any = None) -> None:
+    """Replace a combo's items (label, data, enabled), keeping the current choice when still there."""
+    current = keep if keep is not None else combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for label, data, enabled in items:
+        combo.addItem(label, data)
+        if not enabled:
+            item = combo.model().item(combo.count() - 1)
+            item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
+    index = combo.findData(current)
+    combo.setCurrentIndex(index if index >= 0 else 0)
+    combo.blockSignals(False)
+
+
+class UnitWidget(QGroupBox):
+    """One ControlNet unit: control layer, preprocessor, ControlNet model, weight."""
+
+    def __init__(
+        self, number: int, layers: Callable[[], list[tuple[str, str]]], parent: QWidget | None = None
+    ):
+        super().__init__(f"Unit {number}", parent)
+        self.setCheckable(True)
+        self.setChecked(number == 1)
+        self.setObjectName(f"underpaint_unit{number}")
+        self.layer_combo = LayerCombo(layers)
+        self.layer_combo.setToolTip("the layer used as control image, e.g. a sketch layer (it may be hidden)")
+        self.preprocessor_combo = QComboBox()
+        self.preprocessor_combo.setToolTip("'none' uses the layer as it is (a sketch or a ready control map)")
+        self.model_combo = QComboBox()
+        self.weight_spin = QDoubleSpinBox()
+        self.weight_spin.setRange(0.0, 2.0)
+        self.weight_spin.setSingleStep(0.05)
+        self.weight_spin.setValue(1.0)
+        self.invert_check = QCheckBox("Invert (dark lines on paper)")
+        self.invert_check.setToolTip("scribble/lineart ControlNets expect white lines on black")
+        grid = QGridLayout(self)
+        for row, (label, widget) in enumerate(
+            [
+                ("Layer", self.layer_combo),
+                ("Preprocessor", self.preprocessor_combo),
+                ("Model", self.model_combo),
+                ("Weight", self.weight_spin),
+            ]
+        ):
+            grid.addWidget(QLabel(label), row, 0)
+            grid.addWidget(widget, row, 1)
+        grid.addWidget(self.invert_check, 4, 0, 1, 2)
+
+    def set_choices(self, preprocessors: list[dict[str, Any]], controlnets: list[str]) -> None:
+        fill_combo(
+            self.preprocessor_combo,
+            [
+                (
+                    p["name"] if p.get("available", True) else f"{p['name']} (weights missing)",
+                    p["name"],
+                    bool(p.get("available", True)),
+                )
+                for p in preprocessors
+            ]
+            or [("none", "none", True)],
+        )
+        fill_combo(self.model_combo, [(name, name, True) for name in controlnets])
+
+    def values(self) -> UnitForm:
+        return UnitForm(
+            enabled=self.isChecked(),
+            layer_id=str(self.layer_combo.currentData() or ""),
+            layer_name=self.layer_combo.currentText(),
+            preprocessor=str(self.preprocessor_combo.currentData() or "none"),
+            model=str(self.model_combo.currentData() or ""),
+            weight=float(self.weight_spin.value()),
+            invert=self.invert_check.isChecked(),
+        )

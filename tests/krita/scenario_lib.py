@@ -1,0 +1,153 @@
+"""Helpers for the scenarios run inside Krita by the test runner plugin (runner/underpaint_scenario).
+
+They drive the real docker the way a painter does: set its widgets, click its buttons, and wait
+(by yielding, never blocking Krita's event loop) for what the docker shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from krita import Krita, Selection
+
+GROUP = "Underpaint"
+PREVIEW = "Underpaint preview"
+
+
+def swap_red_blue(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[0::4] = data[2::4]
+    out[2::4] = data[0::4]
+    return bytes(out)
+
+
+def wait_for_docker(ctx: Any, timeout: float = 30.0) -> Any:
+    """The Underpaint docker of the main window, once Krita made it."""
+    yield ctx.wait(lambda: ctx.docker() is not None, timeout, "the Underpaint docker to exist")
+    docker = ctx.docker()
+    docker.show()
+    docker.raise_()
+    return docker
+
+
+def connect(ctx: Any, docker: Any, endpoint: str, timeout: float = 30.0) -> Any:
+    docker.endpoint_edit.setText(endpoint)
+    docker.connect_button.click()
+    yield ctx.wait(
+        lambda: docker.connection.state.name == "CONNECTED",
+        timeout,
+        f"the docker to connect to {endpoint} (status: {docker.status_label.text()!r})",
+    )
+    ctx.log(f"connected: {docker.connection.describe()}")
+
+
+def open_picture(ctx: Any, path: str) -> Any:
+    """Open a file the way File > Open does, in a view of the main window."""
+    krita = Krita.instance()
+    doc = krita.openDocument(path)
+    assert doc is not None, f"Krita could not open {path}"
+    krita.activeWindow().addView(doc)
+    yield ctx.wait(lambda: krita.activeDocument() == doc, 20, f"{path} to become the active document")
+    return doc
+
+
+def add_paint_layer(doc: Any, name: str, bgra: bytes, above: Any, visible: bool = True) -> Any:
+    node = doc.createNode(name, "paintlayer")
+    above.parentNode().addChildNode(node, above)
+    node.setPixelData(bgra, 0, 0, doc.width(), doc.height())
+    node.setVisible(visible)
+    doc.refreshProjection()
+    return node
+
+
+def select_mask(doc: Any, mask: bytes) -> None:
+    """Any shape, soft edges: a full-canvas 8-bit selection."""
+    selection = Selection()
+    selection.setPixelData(mask, 0, 0, doc.width(), doc.height())
+    doc.setSelection(selection)
+
+
+def set_combo(combo: Any, data: Any) -> None:
+    index = combo.findData(data)
+    assert index >= 0, f"{data!r} is not among {[combo.itemData(i) for i in range(combo.count())]}"
+    combo.setCurrentIndex(index)
+
+
+def configure(docker: Any, mode: str, **fields: Any) -> None:
+    """Fill the docker's form like a painter would (only the fields given; seed None = random)."""
+    set_combo(docker.mode_combo, mode)
+    widgets = {
+        "prompt": lambda v: docker.prompt_edit.setPlainText(v),
+        "negative": lambda v: docker.negative_edit.setText(v),
+        "instruction": lambda v: docker.instruction_edit.setText(v),
+        "strength": lambda v: docker.strength_spin.setValue(v),
+        "steps": lambda v: docker.steps_spin.setValue(v),
+        "guidance": lambda v: docker.guidance_spin.setValue(v),
+        "image_guidance": lambda v: docker.image_guidance_spin.setValue(v),
+        "variations": lambda v: docker.variations_spin.setValue(v),
+        "resolution": lambda v: docker.resolution_spin.setValue(v),
+        "padding": lambda v: docker.padding_spin.setValue(v),
+        "source": lambda v: set_combo(docker.source_combo, v),
+        "factor": lambda v: set_combo(docker.factor_combo, v),
+    }
+    for key, value in fields.items():
+        if key == "seed":
+            docker.random_seed_check.setChecked(value is None)
+            if value is not None:
+                docker.seed_edit.setText(str(value))
+        elif key == "units":
+            for unit_widget, unit in zip(
+                docker.units, value + [None] * (len(docker.units) - len(value)), strict=True
+            ):
+                unit_widget.setChecked(unit is not None)
+                if unit is None:
+                    continue
+                assert unit_widget.layer_combo.select_layer(unit["layer"]), (
+                    f"layer {unit['layer']} not listed"
+                )
+                set_combo(unit_widget.preprocessor_combo, unit["preprocessor"])
+                set_combo(unit_widget.model_combo, unit["model"])
+                unit_widget.weight_spin.setValue(unit.get("weight", 1.0))
+                unit_widget.invert_check.setChecked(unit.get("invert", False))
+        else:
+            widgets[key](value)
+
+
+def generate(ctx: Any, docker: Any, mode: str, timeout: float = 120.0, **fields: Any) -> Any:
+    """Press Generate and wait for the job to end; returns the docker's history entry for it."""
+    configure(docker, mode, **fields)
+    before = len(docker.history)
+    yield ctx.wait(lambda: docker.generate_button.isEnabled(), 30, "the Generate button to be enabled")
+    docker.generate_button.click()
+    if not docker.is_busy():
+        raise AssertionError(f"{mode}: Generate did not start a job: {docker.message_label.text()!r}")
+    ctx.log(f"{mode}: submitted ({docker.message_label.text()})")
+    yield ctx.wait(
+        lambda: len(docker.history) > before,
+        timeout,
+        f"the {mode} job to end (docker says {docker.message_label.text()!r})",
+    )
+    entry = docker.history[-1]
+    ctx.log(f"{mode}: {entry['state']} in {entry['seconds']} s: {docker.message_label.text()}")
+    return entry
+
+
+def group_layers(doc: Any) -> list[Any]:
+    for node in doc.rootNode().childNodes():
+        if node.type() == "grouplayer" and node.name() == GROUP:
+            return list(node.childNodes())
+    return []
+
+
+def all_names(doc: Any) -> list[str]:
+    names: list[str] = []
+    stack = list(doc.rootNode().childNodes())
+    while stack:
+        node = stack.pop()
+        names.append(node.name())
+        stack.extend(node.childNodes())
+    return names
+
+
+def preview_layers(doc: Any) -> list[str]:
+    return [name for name in all_names(doc) if name == PREVIEW]

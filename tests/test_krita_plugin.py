@@ -1,0 +1,728 @@
+"""The Krita plugin, proven in real Krita (GitHub issue #3), plus unit tests of its pure logic.
+
+How Krita is driven: the suite installs Debian's Krita (+ PyQt5, pyzmq, msgpack, xvfb) when missing,
+installs the plugin the way a user does (`underpaint install-plugin krita` with HOME pointing at a temp
+home), adds a small test-only plugin (tests/krita/runner) that runs a scripted scenario from a QTimer
+once the main window exists, and starts the full `xvfb-run krita`. The scenario clicks the real
+docker's buttons; the docker talks to a real `underpaint serve --preset tiny`. Results come back as
+files (result.json, the saved .kra and PNG); Krita's exit code means nothing, so a missing or failed
+result.json fails the test with the scenario log and Krita's output.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import need
+from PIL import Image, ImageDraw, ImageFilter
+
+from underpaint.daemon.install_plugin import enable_in_kritarc
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ROOT / "tests" / "krita"
+PICTURE = ROOT / "daemon" / "assets" / "chelsea.png"
+APT_PACKAGES = ["krita", "python3-pyqt5", "python3-zmq", "python3-msgpack", "xvfb"]
+DAEMON_VERSION = importlib.import_module("underpaint.daemon").__version__
+KRITA_TIMEOUT = 240.0  # s for one Krita run, scenario included (5-50 s here; ~110 s on a loaded machine)
+
+sys.path.insert(0, str(SCENARIOS))
+kra = importlib.import_module("kra")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plugin package, staged the way install-plugin ships it (with the vendored protocol)
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`underpaint_krita` imported from a staged copy (outside Krita: only the pure modules are used)."""
+    from underpaint.daemon.install_plugin import stage_krita
+
+    staged = stage_krita(tmp_path_factory.mktemp("staged"))
+    sys.path.insert(0, str(staged.parent))
+    package = importlib.import_module("underpaint_krita")
+    assert Path(package.__file__).parent == staged
+    return package
+
+
+def sub(plugin: Any, name: str) -> Any:
+    return importlib.import_module(f"underpaint_krita.{name}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Unit tests of the pure logic (outside Krita)
+# ---------------------------------------------------------------------------------------------------
+def test_bgra_rgba_conversion(plugin: Any) -> None:
+    pixels = sub(plugin, "pixels")
+    bgra = bytes([1, 2, 3, 4, 10, 20, 30, 40])
+    assert pixels.bgra_to_rgba(bgra) == bytes([3, 2, 1, 4, 30, 20, 10, 40])
+    assert pixels.rgba_to_bgra(pixels.bgra_to_rgba(bgra)) == bgra
+    assert pixels.set_alpha(bgra, bytes([7, 8])) == bytes([1, 2, 3, 7, 10, 20, 30, 8])
+    assert pixels.has_transparency(bgra) and not pixels.has_transparency(bytes([0, 0, 0, 255]))
+    with pytest.raises(ValueError):
+        pixels.swap_red_blue(b"abc")
+
+
+def test_mask_bounds_and_crop(plugin: Any) -> None:
+    pixels, regions = sub(plugin, "pixels"), sub(plugin, "regions")
+    mask = Image.new("L", (40, 30), 0)
+    ImageDraw.Draw(mask).ellipse((5, 7, 24, 19), fill=255)
+    soft = mask.filter(ImageFilter.GaussianBlur(2))
+    data = soft.tobytes()
+    ys, xs = np.nonzero(np.asarray(soft))
+    expected = regions.Rect(
+        int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+    )
+    assert pixels.mask_bounds(data, 40, 30) == expected
+    assert pixels.mask_bounds(bytes(40 * 30), 40, 30) is None
+    rgb = np.arange(40 * 30 * 3, dtype=np.uint32).astype(np.uint8).reshape(30, 40, 3)
+    rect = regions.Rect(3, 4, 10, 5)
+    assert pixels.crop(rgb.tobytes(), 40, 30, 3, rect) == rgb[4:9, 3:13].tobytes()
+
+
+def test_region_math(plugin: Any) -> None:
+    regions = sub(plugin, "regions")
+    Rect = regions.Rect
+    canvas = Rect(0, 0, 451, 300)
+    assert regions.job_region(Rect(100, 50, 150, 100), canvas, 32) == Rect(68, 18, 214, 164)
+    assert regions.job_region(Rect(0, 280, 20, 20), canvas, 32) == Rect(0, 248, 52, 52)  # clamped
+    assert regions.job_region(None, canvas, 32) == canvas
+    assert regions.working_size(150, 100, 64) == (64, 64)  # minimum 64
+    assert regions.working_size(600, 300, 512) == (512, 256)
+    assert regions.working_size(301, 200, 512) == (512, 344)
+
+
+def test_mode_params(plugin: Any) -> None:
+    modes = sub(plugin, "modes")
+    units = [
+        modes.UnitForm(True, "{a}", "Sketch", "none", "scribble", 1.0, True),
+        modes.UnitForm(False, "{b}", "Photo", "canny", "canny", 0.5),
+        modes.UnitForm(True, "{c}", "Photo", "canny", "canny", 0.5),
+    ]
+    form = modes.FormValues(mode="controlnet", prompt="a cat", seed=3, steps=9, strength=0.7, units=units)
+    params = modes.build_params(form)
+    assert params["units"] == [
+        {"model": "scribble", "image": "control0", "preprocessor": "none", "scale": 1.0},
+        {"model": "canny", "image": "control1", "preprocessor": "canny", "scale": 0.5},
+    ]
+    assert params["seed"] == 3 and params["strength"] == 0.7 and params["padding"] == 32
+    assert "resolution" not in params and "instruction" not in params
+    instruct = modes.build_params(modes.FormValues(mode="instruct", instruction="make it winter", prompt="x"))
+    assert instruct["instruction"] == "make it winter" and "prompt" not in instruct and "seed" not in instruct
+    assert instruct["image_guidance_scale"] == 1.5
+    gen = modes.build_params(modes.FormValues(mode="generate", prompt="p", resolution=0), size=(64, 48))
+    assert (gen["width"], gen["height"]) == (64, 48) and "padding" not in gen and "strength" not in gen
+    up = modes.build_params(modes.FormValues(mode="upscale", factor=2))
+    assert up["factor"] == 2 and "guidance_scale" not in up
+    assert modes.validate(modes.FormValues(mode="instruct")) is not None
+    assert modes.validate(modes.FormValues(mode="controlnet")) is not None
+    assert modes.validate(form) is None
+    assert modes.layer_name(form, 3) == "ControlNet #3: a cat"
+    long_form = modes.FormValues(mode="inpaint", prompt="a " * 60)
+    assert len(modes.layer_name(long_form, 1)) < 60
+    merged = json.loads(
+        modes.merge_records(modes.merge_records(None, {"{1}": {"seed": 1}}), {"{2}": {"seed": 2}})
+    )
+    assert merged["layers"] == {"{1}": {"seed": 1}, "{2}": {"seed": 2}}
+
+
+def test_job_state_machine(plugin: Any) -> None:
+    jobs = sub(plugin, "jobs")
+    job = jobs.Job(rid=5, op="inpaint")
+    assert job.matches({"type": "accepted", "re": 5}) and not job.matches({"type": "accepted", "re": 6})
+    assert job.handle({"type": "accepted", "re": 5, "job": "j1", "position": 2}) == "accepted"
+    assert job.state is jobs.JobState.QUEUED and job.position == 2
+    assert job.handle({"type": "something-new", "job": "j1"}) is None  # unknown events are ignored
+    assert job.handle({"type": "progress", "job": "j1", "step": 1, "total": 4}) == "progress"
+    assert job.state is jobs.JobState.RUNNING
+    assert job.handle({"type": "result", "job": "j1", "images": []}) == "result"
+    assert job.state is jobs.JobState.DONE and job.finished
+    assert job.handle({"type": "error", "job": "j1"}) is None  # nothing after the end
+
+    early = jobs.Job(rid=1, op="sdedit")
+    early.request_cancel()  # before `accepted`: remembered
+    early.handle({"type": "accepted", "re": 1, "job": "j2"})
+    assert early.state is jobs.JobState.CANCELLING
+    early.handle({"type": "result", "job": "j2"})  # raced the cancel: dropped
+    assert early.state is jobs.JobState.CANCELLED and early.result is None
+
+    failed = jobs.Job(rid=2, op="inpaint")
+    failed.handle({"type": "error", "re": 2, "code": "invalid_value", "message": "params.steps: bad"})
+    assert failed.state is jobs.JobState.FAILED and failed.error_code == "invalid_value"
+
+
+def test_missing_dependencies_message(plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    deps = sub(plugin, "deps")
+    real = importlib.import_module
+
+    def fake(name: str, *args: Any) -> Any:
+        if name == "zmq":
+            raise ImportError("No module named 'zmq'")
+        return real(name, *args)
+
+    monkeypatch.setattr(deps.importlib, "import_module", fake)
+    text = deps.dependency_problem()
+    assert text and "pyzmq" in text and "sudo apt install python3-zmq" in text and "pip install" in text
+    assert "msgpack" not in text.split("(")[0]  # only what is missing is named first
+    monkeypatch.setattr(deps.importlib, "import_module", real)
+    assert deps.dependency_problem() is None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tick_until(connection: Any, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {connection.describe()}"
+        connection.tick()
+        time.sleep(0.01)
+
+
+def test_connection_down_and_protocol_mismatch(plugin: Any) -> None:
+    """The Connection (the docker's network code) outside Krita: no daemon, then a daemon of protocol 2."""
+    import zmq
+
+    conn_mod = sub(plugin, "connection")
+    port = _free_port()
+    conn = conn_mod.Connection(f"tcp://127.0.0.1:{port}", hello_timeout=0.3)
+    conn.start()
+    assert conn.state is conn_mod.ConnState.CONNECTING
+    _tick_until(conn, lambda: conn.state is conn_mod.ConnState.DOWN, 5, "DOWN")
+    assert "No Underpaint daemon answers" in conn.describe() and "underpaint serve" in conn.describe()
+    with pytest.raises(conn_mod.NotConnected):
+        conn.submit("inpaint", {}, {})
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(f"tcp://127.0.0.1:{port}")
+    from underpaint.protocol.messages import pack, unpack
+
+    try:
+        deadline = time.monotonic() + 10
+        while conn.state is not conn_mod.ConnState.INCOMPATIBLE:
+            assert time.monotonic() < deadline, conn.describe()
+            conn.tick()
+            if router.poll(10):
+                peer, frame = router.recv_multipart()
+                hello = unpack(frame)
+                assert hello["type"] == "hello" and hello["protocol"] == 1
+                assert hello["client"].startswith("underpaint-krita/")
+                reply = {
+                    "type": "error",
+                    "re": hello["id"],
+                    "code": "protocol_mismatch",
+                    "supported": [2],
+                    "message": "protocol 1 is not supported",
+                }
+                router.send_multipart([peer, pack(reply)])
+        assert "speaks protocol version 2; this plugin speaks 1" in conn.describe()
+        assert "Update the older" in conn.describe()
+    finally:
+        conn.close(wait=0)
+        router.close(0)
+
+
+def test_connection_against_daemon(plugin: Any, daemon: Any) -> None:
+    """Handshake, status line, a job with previews, and cancel, through the docker's Connection."""
+    conn_mod = sub(plugin, "connection")
+    events: list[tuple[str, dict]] = []
+    conn = conn_mod.Connection(daemon.endpoint, on_job=lambda job, kind, msg: events.append((kind, msg)))
+    conn.start()
+    try:
+        _tick_until(conn, lambda: conn.state is conn_mod.ConnState.CONNECTED, 20, "CONNECTED")
+        _tick_until(conn, lambda: conn.daemon_status is not None, 10, "a status reply")
+        assert f"Connected to Underpaint {DAEMON_VERSION} on cpu" in conn.describe()
+        assert "queued" in conn.describe()
+        image = {"width": 64, "height": 64, "channels": 4, "data": bytes(64 * 64 * 4)}
+        mask = {"width": 64, "height": 64, "channels": 1, "data": bytes([255]) * (64 * 64)}
+        job = conn.submit("inpaint", {"steps": 3, "seed": 1}, {"image": image, "mask": mask}, preview=True)
+        _tick_until(conn, lambda: job.finished, 60, "the inpaint result")
+        assert job.state.value == "done" and job.result["images"][0]["seed"] == 1
+        kinds = [kind for kind, _ in events]
+        assert kinds[0] == "accepted" and kinds[-1] == "result" and "progress" in kinds
+        assert any("preview" in msg for kind, msg in events if kind == "progress")
+
+        long = conn.submit("inpaint", {"steps": 200, "resolution": 512}, {"image": image, "mask": mask})
+        conn.cancel(long)  # before `accepted`: sent once the job id is known
+        _tick_until(conn, lambda: long.finished, 30, "the cancel")
+        assert long.state.value == "cancelled" and long.result is None
+    finally:
+        conn.close()
+
+
+def test_install_plugin_layout_and_zip(tmp_path: Path) -> None:
+    """install-plugin krita and --zip ship the same files; Krita's own importer accepts the zip."""
+    home = tmp_path / "home"
+    env = _user_env(home)
+    out = subprocess.run([*_underpaint(), "install-plugin", "krita"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pykrita = home / ".local/share/krita/pykrita"
+    installed = sorted(p.relative_to(pykrita).as_posix() for p in pykrita.rglob("*") if p.is_file())
+    for name in (
+        "underpaint_krita.desktop",
+        "underpaint_krita/__init__.py",
+        "underpaint_krita/docker.py",
+        "underpaint_krita/protocol/__init__.py",
+        "underpaint_krita/protocol/client.py",
+    ):
+        assert name in installed
+    assert not any("__pycache__" in name for name in installed)
+    rc = configparser.RawConfigParser()
+    rc.optionxform = str  # type: ignore[assignment,method-assign]
+    rc.read(home / ".config/kritarc")
+    assert rc.get("python", "enable_underpaint_krita") == "true"
+    desktop = configparser.RawConfigParser()
+    desktop.read(pykrita / "underpaint_krita.desktop")
+    assert desktop.get("Desktop Entry", "X-KDE-Library") == "underpaint_krita"
+    assert desktop.get("Desktop Entry", "ServiceTypes") == "Krita/PythonPlugin"
+
+    zip_path = tmp_path / "underpaint_krita.zip"
+    out = subprocess.run(
+        [*_underpaint(), "install-plugin", "krita", "--zip", str(zip_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    with zipfile.ZipFile(zip_path) as zf:
+        assert sorted(n for n in zf.namelist() if not n.endswith("/")) == installed
+        assert "underpaint_krita/" in zf.namelist()  # Krita's importer looks for the folder entry
+
+
+def test_zip_imports_with_kritas_importer(krita_binary: str, tmp_path: Path) -> None:
+    """Krita's own "Import Python Plugin from File" code accepts the zip and installs the same files."""
+    importer = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
+    need(importer.exists(), f"Krita's plugin importer is not at {importer}")
+    zip_path = tmp_path / "underpaint_krita.zip"
+    staged = tmp_path / "staged"
+    env = _user_env(tmp_path / "home")
+    for args in (["--zip", str(zip_path)], ["--dest", str(staged), "--kritarc", str(tmp_path / "kritarc")]):
+        out = subprocess.run(
+            [*_underpaint(), "install-plugin", "krita", *args], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+    dest = tmp_path / "imported"
+    dest.mkdir()
+    out = subprocess.run(["python3", str(importer), str(zip_path), str(dest)], capture_output=True, text=True)
+    assert out.returncode == 0 and "Imported plugin: Underpaint" in out.stdout, out.stdout + out.stderr
+    imported = sorted(p.relative_to(dest / "pykrita").as_posix() for p in dest.rglob("*") if p.is_file())
+    assert imported == sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+
+
+def test_enable_in_a_kritarc_krita_wrote(tmp_path: Path) -> None:
+    """A kritarc Krita wrote (keys before any section, [A][B] groups) is edited, not rewritten."""
+    kritarc = tmp_path / ".config" / "kritarc"
+    kritarc.parent.mkdir(parents=True)
+    original = (
+        "ArtColorSel.ColorSpace=0\nCanvasOnlyActive=false\n\n[MainWindow][DockWidget KisLayerBox]\n"
+        "Collapsed=false\n\n[python]\nenable_lastdocumentsdocker=true\nenable_underpaint_krita=false\n"
+        "\n[theme]\nTheme=Krita dark\n"
+    )
+    kritarc.write_text(original)
+    out = subprocess.run(
+        [*_underpaint(), "install-plugin", "krita"], env=_user_env(tmp_path), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert kritarc.read_text() == original.replace(
+        "enable_underpaint_krita=false", "enable_underpaint_krita=true"
+    )
+    kritarc.write_text("ArtColorSel.ColorSpace=0\n[theme]\nTheme=Krita dark")
+    enable_in_kritarc(kritarc)
+    assert kritarc.read_text() == (
+        "ArtColorSel.ColorSpace=0\n[theme]\nTheme=Krita dark\n\n[python]\nenable_underpaint_krita=true\n"
+    )
+
+
+def test_plugin_is_thin() -> None:
+    """No torch, diffusers, numpy or PIL in the plugin; the protocol is imported relatively."""
+    source = ROOT / "plugins" / "krita" / "underpaint_krita"
+    for path in source.rglob("*.py"):
+        text = path.read_text()
+        for heavy in ("torch", "diffusers", "numpy", "PIL", "underpaint.protocol"):
+            assert f"import {heavy}" not in text and f"from {heavy}" not in text, (
+                f"{path.name} imports {heavy}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real Krita
+# ---------------------------------------------------------------------------------------------------
+def _underpaint() -> list[str]:
+    return [sys.executable, "-m", "underpaint.daemon.cli"]
+
+
+def _user_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KDE_", "QT_"))}
+    env.update(HOME=str(home), HF_HUB_OFFLINE="1", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    return env
+
+
+def _system_python_has_bindings() -> bool:
+    """Krita embeds the system Python 3: it needs Debian's PyQt5, pyzmq and msgpack there."""
+    python = "/usr/bin/python3"  # Debian's, whose dist-packages Krita's embedded Python uses
+    probe = [python, "-c", "import PyQt5.QtCore, zmq, msgpack"]
+    return Path(python).exists() and subprocess.run(probe, capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def krita_binary() -> str:
+    """Krita + Debian's PyQt5/pyzmq/msgpack + Xvfb, installed with apt when missing (root only)."""
+    if not (shutil.which("krita") and shutil.which("xvfb-run") and _system_python_has_bindings()):
+        need(os.geteuid() == 0, "installing Krita needs root: apt-get install -y " + " ".join(APT_PACKAGES))
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", *APT_PACKAGES]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+        if out.returncode != 0:  # stale package lists: refresh once
+            subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=300)
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+        assert out.returncode == 0, f"apt-get install failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    krita = shutil.which("krita")
+    need(krita is not None and shutil.which("xvfb-run") is not None, "krita and xvfb-run must be on PATH")
+    return str(krita)
+
+
+@pytest.fixture(scope="session")
+def krita_home(krita_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's home with the plugin installed by `underpaint install-plugin krita` + the scenario runner."""
+    home = tmp_path_factory.mktemp("krita-home")
+    out = subprocess.run(
+        [*_underpaint(), "install-plugin", "krita"],
+        env=_user_env(home),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    pykrita = home / ".local/share/krita/pykrita"
+    assert (pykrita / "underpaint_krita" / "protocol" / "client.py").exists(), out.stdout
+    runner = SCENARIOS / "runner"
+    shutil.copytree(
+        runner / "underpaint_scenario",
+        pykrita / "underpaint_scenario",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    shutil.copy2(runner / "underpaint_scenario.desktop", pykrita)
+    kritarc = home / ".config" / "kritarc"
+    assert "enable_underpaint_krita=true" in kritarc.read_text()
+    enable_in_kritarc(kritarc, "underpaint_scenario")
+    return home
+
+
+def run_krita(
+    home: Path,
+    scenario: str,
+    out: Path,
+    config: dict[str, Any],
+    *,
+    extra_env: dict[str, str] | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run full Krita under Xvfb with the scenario; return its result.json, or fail with the logs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config))
+    env = _user_env(home)
+    env.update(
+        UNDERPAINT_SCENARIO=str(SCENARIOS / scenario),
+        UNDERPAINT_SCENARIO_OUT=str(out),
+        UNDERPAINT_SCENARIO_TIMEOUT=str(KRITA_TIMEOUT - 20),
+        **(extra_env or {}),
+    )
+    log_path = out / "krita-output.log"
+    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"]
+    t0 = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out, start_new_session=True
+        )
+        try:
+            while proc.poll() is None:
+                if on_poll is not None:
+                    on_poll()
+                if time.monotonic() - t0 > KRITA_TIMEOUT:
+                    break
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # our own process group: xvfb-run, Xvfb, krita
+                proc.wait()
+                _fail_with_logs(out, f"Krita did not quit within {KRITA_TIMEOUT:g} s")
+    result_path = out / "result.json"
+    if not result_path.exists():
+        _fail_with_logs(out, f"Krita exited ({proc.returncode}) without writing result.json")
+    result = json.loads(result_path.read_text())
+    if not result.get("ok"):
+        _fail_with_logs(out, f"the scenario failed:\n{result.get('error')}")
+    result["wall_seconds"] = round(time.monotonic() - t0, 1)
+    print(f"{scenario}: Krita ran {result['wall_seconds']} s (scenario {result['seconds']} s)")
+    return result
+
+
+def _fail_with_logs(out: Path, why: str) -> None:
+    def tail(name: str, n: int = 6000) -> str:
+        path = out / name
+        return path.read_text(errors="replace")[-n:] if path.exists() else "(none)"
+
+    pytest.fail(
+        f"{why}\n--- scenario.log ---\n{tail('scenario.log')}\n"
+        f"--- Krita output ---\n{tail('krita-output.log')}\n(files in {out})",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The soft elliptical selection and the sketch (black strokes on transparent), as raw files."""
+    folder = tmp_path_factory.mktemp("inputs")
+    picture = Image.open(PICTURE).convert("RGBA")
+    mask = Image.new("L", picture.size, 0)
+    ImageDraw.Draw(mask).ellipse((130, 30, 320, 190), fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(6))  # soft edges
+    sketch = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(sketch)
+    draw.ellipse((150, 45, 300, 175), outline=(0, 0, 0, 255), width=4)
+    draw.line((160, 150, 290, 150), fill=(0, 0, 0, 255), width=4)
+    (folder / "mask.raw").write_bytes(mask.tobytes())
+    (folder / "sketch.raw").write_bytes(sketch.tobytes())
+    return {
+        "folder": folder,
+        "picture": np.asarray(picture),
+        "mask": np.asarray(mask),
+        "sketch": np.asarray(sketch),
+    }
+
+
+def _bbox(array: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(array)
+    return int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+def _grown(box: tuple[int, int, int, int], pad: int, width: int, height: int) -> list[int]:
+    x0, y0 = max(0, box[0] - pad), max(0, box[1] - pad)
+    x1, y1 = min(width, box[0] + box[2] + pad), min(height, box[1] + box[3] + pad)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+EXPECTED_RESULTS = [  # (job, layer name), bottom to top in the Underpaint group
+    ("inpaint", "Inpaint #1234: a red fox"),
+    ("inpaint", "Inpaint #1235: a red fox"),
+    ("refine", "Refine #7: an oil painting"),
+    ("controlnet", "ControlNet #21: a cat"),
+    ("instruct", "Instruct #5: make it winter"),
+    ("generate", "Generate #99: a blue bird"),
+]
+
+
+def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, Any], tmp_path: Path) -> None:
+    """Inpaint, Refine, ControlNet, Instruct, Generate, Cancel, undo, save, Upscale, in real Krita."""
+    out = tmp_path / "main"
+    config = {
+        "endpoint": daemon.endpoint,
+        "picture": str(PICTURE),
+        "mask": str(inputs["folder"] / "mask.raw"),
+        "sketch": str(inputs["folder"] / "sketch.raw"),
+        "kra": str(out / "session.kra"),
+        "png": str(out / "session.png"),
+    }
+    result = run_krita(krita_home, "scenario_main.py", out, config)
+    res = result["results"]
+    picture, mask, sketch = inputs["picture"], inputs["mask"], inputs["sketch"]
+    height, width = mask.shape
+    assert f"Connected to Underpaint {DAEMON_VERSION} on cpu" in res["status"]
+    assert res.get("dialogs") is None, res.get("dialogs")
+
+    # Every job ran through the docker and ended as the painter expects.
+    jobs = res["jobs"]
+    for name in ("inpaint", "refine", "controlnet", "instruct", "generate", "undo", "upscale"):
+        assert jobs[name]["state"] == "done", (name, jobs[name])
+        assert "progress" in jobs[name]["events"], (name, jobs[name]["events"])
+    mask_box = _bbox(mask)
+    padded = _grown(mask_box, 32, width, height)
+    for name in ("inpaint", "refine", "controlnet", "instruct"):
+        assert jobs[name]["region"] == padded, (name, jobs[name]["region"], padded)
+    assert jobs["generate"]["region"] == list(mask_box)
+    assert [img["seed"] for img in jobs["inpaint"]["images"]] == [1234, 1235]
+
+    # What the plugin reads and sends: the padded crop, R,G,B,A order, the soft mask, the control layers
+    # (the hidden sketch flattened on white and inverted; the photo as is).
+    x, y, w, h = padded
+    assert res["capture"] == {"region": padded, "keys": ["control0", "control1", "image", "mask"]}
+    sent = {
+        key: np.frombuffer((out / f"capture_{key}.raw").read_bytes(), np.uint8)
+        for key in res["capture"]["keys"]
+    }
+    assert np.array_equal(sent["image"].reshape(h, w, 4)[..., :3], picture[y : y + h, x : x + w, :3])
+    assert np.array_equal(sent["mask"].reshape(h, w), mask[y : y + h, x : x + w])
+    strokes = sketch[y : y + h, x : x + w, 3] == 255
+    control0 = sent["control0"].reshape(h, w, 4)[..., :3]
+    assert strokes.any() and (control0[strokes] == 255).all() and (control0[~strokes] == 0).all()
+    assert np.array_equal(sent["control1"].reshape(h, w, 4)[..., :3], picture[y : y + h, x : x + w, :3])
+    assert res["active_after_jobs"] == "Background"  # the painter's active layer is kept
+    assert res["previews_after_jobs"] == []
+
+    # Cancel mid-job: the preview layer was there (locked) and is gone; no result layer was added.
+    assert res["cancel_preview"]["name"] == "Underpaint preview" and res["cancel_preview"]["locked"]
+    assert (
+        res["cancel_preview"]["total"] >= 100
+        and res["cancel_preview"]["step"] < res["cancel_preview"]["total"]
+    )
+    assert jobs["cancel"]["state"] == "cancelled" and "result" not in jobs["cancel"]["events"]
+    assert res["after_cancel"]["group"] == res["after_cancel"]["before"]
+    assert res["after_cancel"]["previews"] == []
+    assert "nothing was added" in res["cancel_message"]
+
+    # Undo removes an inserted result in one step.
+    assert "Inpaint #11: undo me" in res["undo_before"] and "Inpaint #11: undo me" not in res["undo_after"]
+
+    # The saved .kra: original layers byte-identical, results in the group with the right names.
+    assert res["saved"] and res["exported"]
+    doc = kra.read_kra(Path(config["kra"]))
+    assert (doc.width, doc.height) == (width, height)
+    top = [(layer.name, layer.nodetype) for layer in doc.layers if layer.nodetype != "selectionmask"]
+    # the group goes right above the active layer (Background), below the hidden sketch
+    assert top == [("Background", "paintlayer"), ("Underpaint", "grouplayer"), ("Sketch", "paintlayer")], top
+    background, sketch_layer = doc.find("Background"), doc.find("Sketch")
+    assert np.array_equal(doc.pixels(background)[..., [2, 1, 0, 3]], picture), "the picture layer changed"
+    assert np.array_equal(doc.pixels(sketch_layer)[..., [2, 1, 0, 3]], sketch), "the sketch layer changed"
+    assert not sketch_layer.visible
+    assert background.uuid == res["originals"]["Background"]["uuid"]
+    group = doc.find("Underpaint")
+    names = [layer.name for layer in group.children]
+    assert names == [name for _, name in EXPECTED_RESULTS], names
+    assert [layer.visible for layer in group.children] == [True, False, True, True, True, True]
+    assert not any(layer.name == "Underpaint preview" for layer in doc.all_layers())
+
+    records = json.loads(doc.annotations["underpaint"])["layers"]
+    by_name = {entry["name"]: entry for job in jobs.values() for entry in job.get("layers", [])}
+    for (job_name, layer_name), layer in zip(EXPECTED_RESULTS, group.children, strict=True):
+        pixels = doc.pixels(layer)
+        alpha = pixels[..., 3]
+        assert alpha.any(), f"{layer_name} is empty"
+        assert not alpha[mask == 0].any(), f"{layer_name} paints outside the selection"
+        if job_name == "generate":
+            region = mask_box
+            assert np.array_equal(alpha[mask > 0], mask[mask > 0]), "Generate's alpha is the selection"
+        else:
+            region = tuple(padded)
+            assert (alpha.astype(int) <= mask.astype(int)).all(), (
+                f"{layer_name}: alpha is the mask feathered inwards"
+            )
+        x, y, w, h = region
+        outside = np.ones_like(alpha, bool)
+        outside[y : y + h, x : x + w] = False
+        assert not pixels[outside].any(), f"{layer_name} has pixels outside its region {region}"
+        assert by_name[layer_name]["rect"] == list(region) and by_name[layer_name]["uuid"] == layer.uuid
+        record = records[layer.uuid]  # parameters kept with the document, enough to reproduce it
+        assert record["name"] == layer_name and record["model"] == "tiny"
+        assert record["seed"] == record["params"]["seed"] and f"#{record['seed']}:" in layer_name
+        assert (
+            record["op"]
+            == {
+                "inpaint": "inpaint",
+                "refine": "sdedit",
+                "controlnet": "controlnet",
+                "instruct": "instruct",
+                "generate": "txt2img",
+            }[job_name]
+        )
+        assert [record["x"], record["y"]] == list(region[:2])
+    assert records[group.children[3].uuid]["control_layers"] == ["Sketch", "Background"]
+    assert records[group.children[4].uuid]["source"] == "layer:Background"  # Instruct read the active layer
+    assert records[group.children[2].uuid]["source"] == "visible"
+    assert records[group.children[3].uuid]["params"]["units"][0]["model"] == "scribble"
+
+    # The composite: unchanged outside the selection, changed inside.
+    composite = np.asarray(Image.open(config["png"]).convert("RGBA"))
+    assert composite.shape == picture.shape
+    assert np.array_equal(composite[mask == 0], picture[mask == 0]), "pixels outside the selection changed"
+    assert not np.array_equal(composite[mask == 255], picture[mask == 255])
+    assert np.array_equal(doc.merged(), composite)
+
+    # Upscale opened a new document x4 the selected 80x60 rectangle; the 16-bit document was refused.
+    assert [(d["width"], d["height"]) for d in res["upscale_docs"]] == [(320, 240)]
+    assert res["upscale_docs"][0]["layers"][-1] == "Upscale #8: a cat"
+    assert "RGBA 8-bit" in res["deep_message"] and "U16" in res["deep_message"] and not res["deep_busy"]
+
+
+def test_krita_reconnect_and_cancel_on_close(krita_home: Path, underpaint_home: Path, tmp_path: Path) -> None:
+    """Daemon down -> message; daemon up -> reconnect; closing the document or Krita cancels the job."""
+    from underpaint.daemon.launch import running_daemon
+    from underpaint.protocol import Client
+
+    out = tmp_path / "connection"
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    with ExitStack() as stack:
+        started: list[Any] = []
+
+        def on_poll() -> None:
+            if not started and (out / "want_daemon").exists():
+                started.append(stack.enter_context(running_daemon("--endpoint", endpoint, preset="tiny")))
+
+        config = {"down_endpoint": endpoint, "picture": str(PICTURE)}
+        result = run_krita(krita_home, "scenario_connection.py", out, config, on_poll=on_poll)
+        res = result["results"]
+        assert started and started[0].endpoint == endpoint
+        assert "No Underpaint daemon answers at " + endpoint in res["down_status"], res["down_status"]
+        assert "underpaint serve" in res["down_status"]
+        assert not res["down_generate_enabled"] and not res["down_busy"]
+        assert f"Connected to Underpaint {DAEMON_VERSION}" in res["up_status"] and res["up_generate_enabled"]
+        assert "select a region first" in res["no_selection_message"] and not res["no_selection_busy"]
+        assert res["close_entry"]["state"] == "cancelled", res["close_entry"]
+        assert "closed" in res["close_message"]
+        assert res["close_daemon_status"]["running"] is None
+
+        # Krita quit while the last job ran: the daemon must drop it, not run 200 steps for nobody.
+        quit_job = json.loads((out / "quitting").read_text())["job"]
+        with Client(endpoint, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while True:
+                status = client.status()
+                if status["running"] is None and status["queued"] == 0:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"{quit_job} still on the daemon after Krita quit: {status}"
+                )
+                time.sleep(0.2)
+        log = started[0].log()
+        assert f"job {quit_job} cancelled" in log, log[-3000:]
+
+
+def test_krita_without_pyzmq(krita_home: Path, tmp_path: Path) -> None:
+    """Krita's Python without zmq: the docker loads and tells the painter what to install.
+
+    The plugin is first re-installed over the kritarc that the earlier Krita runs wrote (an upgrade).
+    """
+    out = subprocess.run(
+        [*_underpaint(), "install-plugin", "krita"], env=_user_env(krita_home), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    fake = tmp_path / "no-zmq" / "zmq"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'zmq' (hidden by the test)\")\n")
+    result = run_krita(
+        krita_home, "scenario_nodeps.py", tmp_path / "nodeps", {}, extra_env={"PYTHONPATH": str(fake.parent)}
+    )
+    res = result["results"]
+    assert res["state"] == "NO_DEPENDENCIES" and not res["generate_enabled"] and not res["busy"]
+    assert "pyzmq" in res["status"] and "sudo apt install python3-zmq" in res["status"], res["status"]
+    assert "pip install" in res["status"]
