@@ -31,7 +31,8 @@ from pathlib import Path
 
 SUITE = "trixie"
 CACHE = Path(os.environ.get("UNDERPAINT_GIMP_CHROOT", "/var/cache/underpaint/gimp3-trixie"))
-PACKAGES = ("gimp", "python3-gi", "gir1.2-gimp-3.0", "python3-zmq", "python3-msgpack")
+# GIMP 3 with its Python, the plug-in's two dependencies, and a virtual display + xdotool for the dialogs.
+PACKAGES = ("gimp", "python3-gi", "gir1.2-gimp-3.0", "python3-zmq", "python3-msgpack", "xvfb", "xdotool")
 STAMP_NAME = ".underpaint-chroot-ok"
 STAMP = f"suite={SUITE} packages={' '.join(PACKAGES)} v1\n"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -162,8 +163,12 @@ def make_devices(root: Path) -> None:
     for sub in ("pts", "shm"):
         (dev / sub).mkdir(exist_ok=True)
     (dev / "shm").chmod(0o1777)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         if not (dev / name).is_symlink() and not (dev / name).exists():
             (dev / name).symlink_to(target)
 
@@ -184,7 +189,9 @@ def locked(timeout: float = 1200.0, log: Log = _stderr_log) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{CACHE} stayed locked by another process for {timeout:g} s") from None
+                    raise TimeoutError(
+                        f"{CACHE} stayed locked by another process for {timeout:g} s"
+                    ) from None
                 if not said:
                     log(f"waiting for another process using {CACHE}")
                     said = True
@@ -201,7 +208,12 @@ def locked(timeout: float = 1200.0, log: Log = _stderr_log) -> Iterator[None]:
 def _run_logged(cmd: Sequence[str], log: Log, timeout: float, env: dict[str, str] | None = None) -> None:
     log("$ " + " ".join(cmd))
     proc = subprocess.run(
-        list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout, env=env, text=True,
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        env=env,
+        text=True,
         errors="replace",
     )
     if proc.returncode != 0:
@@ -220,7 +232,11 @@ def _chroot_env() -> dict[str, str]:
 def build(dest: Path, log: Log = _stderr_log) -> None:
     """debootstrap trixie into `dest` and install GIMP 3 with Python and pyzmq/msgpack."""
     if not shutil.which("debootstrap"):
-        _run_logged(["apt-get", "install", "-y", "debootstrap"], log, 600)
+        try:
+            _run_logged(["apt-get", "install", "-y", "debootstrap"], log, 600)
+        except RuntimeError:  # a fresh machine may have no package lists yet
+            _run_logged(["apt-get", "update"], log, 600)
+            _run_logged(["apt-get", "install", "-y", "debootstrap"], log, 600)
     mirror = debian_mirror()
     _run_logged(["debootstrap", "--variant=minbase", SUITE, str(dest), mirror], log, 1200)
     (dest / "etc/apt/apt.conf.d/99underpaint").write_text(
@@ -261,6 +277,16 @@ def ensure_chroot(log: Log = _stderr_log) -> Path:
 # -- running GIMP ------------------------------------------------------------------------------
 
 
+def fresh_workdir(root: Path, prefix: str) -> Path:
+    """A new folder in the chroot's /tmp for one test session; earlier sessions' leftovers (a killed
+    run) are removed first, which is safe because the caller holds `locked()`."""
+    for stale in (root / "tmp").glob(f"{prefix}-*"):
+        safe_remove(stale)
+    work = root / "tmp" / f"{prefix}-{os.getpid()}-{int(time.time())}"
+    work.mkdir(parents=True)
+    return work
+
+
 @dataclass
 class GimpRun:
     returncode: int
@@ -276,7 +302,11 @@ def run_in_chroot(
     started = time.monotonic()
     cmd = ["chroot", str(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, cwd="/",
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd="/",
     )
     timed_out = False
     try:

@@ -27,6 +27,10 @@ PREPROCESSORS = (
 )
 
 
+# Mnemonics the procedure dialog's own buttons use (_Help, _Reset, _Cancel, _OK, _Load/_Save Settings).
+DIALOG_MNEMONICS = "hrcols"
+
+
 @dataclass(frozen=True)
 class Arg:
     """One procedure argument. `kind`: str, int, float, choice or layer."""
@@ -50,7 +54,7 @@ def _negative() -> Arg:
 
 
 def _steps(default: int) -> Arg:
-    return Arg("steps", "int", "_Steps", "Denoising steps (before strength is applied)", default, 1, 200)
+    return Arg("steps", "int", "S_teps", "Denoising steps (before strength is applied)", default, 1, 200)
 
 
 def _guidance(default: float = 7.5, low: float = 0.0, blurb: str = "Classifier-free guidance scale") -> Arg:
@@ -58,25 +62,33 @@ def _guidance(default: float = 7.5, low: float = 0.0, blurb: str = "Classifier-f
 
 
 def _strength(default: float) -> Arg:
-    return Arg("strength", "float", "St_rength", "How much of the region is repainted", default, 0.01, 1.0)
+    return Arg(
+        "strength", "float", "Deno_ising strength", "How much of the region is repainted", default, 0.01, 1.0
+    )
 
 
 SOURCE = Arg(
     "source",
     "choice",
-    "S_ource",
+    "So_urce",
     "Which pixels the model sees",
     "drawable",
     choices=(("drawable", "Active layer"), ("visible", "Visible image")),
 )
 PADDING = Arg(
-    "padding", "int", "Pa_dding", "Context around the selection sent to the model, in pixels", 32, 0, 4096
+    "padding",
+    "int",
+    "Conte_xt padding",
+    "Context around the selection sent to the model, in pixels",
+    32,
+    0,
+    4096,
 )
 COMMON_TAIL = (
-    Arg("seed", "int", "S_eed", "Seed of the first variation (-1 = random)", -1, -1, MAX_INT),
+    Arg("seed", "int", "See_d", "Seed of the first variation (-1 = random)", -1, -1, MAX_INT),
     Arg("variations", "int", "_Variations", "Number of result layers", 1, 1, 8),
     Arg("model", "str", "_Model preset", "Daemon model preset (empty = the daemon's default)", ""),
-    Arg("endpoint", "str", "_Endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT),
+    Arg("endpoint", "str", "Daemon _endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT),
 )
 
 
@@ -130,13 +142,18 @@ MODES: tuple[Mode, ...] = (
         (
             _prompt(),
             _negative(),
-            Arg("control-layer", "layer", "Con_trol layer", "Control source (none = the source pixels)"),
-            Arg("controlnet", "str", "Control_Net model", "ControlNet of the preset: canny, lineart, ...",
-                "canny"),
+            Arg("control-layer", "layer", "Control la_yer", "Control source (none = the source pixels)"),
+            Arg(
+                "controlnet",
+                "str",
+                "ControlNet _kind",
+                "ControlNet of the preset: canny, lineart, ...",
+                "canny",
+            ),
             Arg(
                 "preprocessor",
                 "choice",
-                "_Preprocessor",
+                "_Annotator (preprocessor)",
                 "How the control layer becomes a control map (none = it already is one)",
                 "canny",
                 choices=tuple((p, p) for p in PREPROCESSORS),
@@ -159,8 +176,15 @@ MODES: tuple[Mode, ...] = (
         (
             Arg("instruction", "str", "_Instruction", "What to change, e.g. 'make it winter'", ""),
             _negative(),
-            Arg("image-guidance", "float", "_Image guidance", "How closely to follow the source", 1.5, 0.0,
-                10.0),
+            Arg(
+                "image-guidance",
+                "float",
+                "Im_age guidance",
+                "How closely to follow the source",
+                1.5,
+                0.0,
+                10.0,
+            ),
             _steps(30),
             _guidance(),
             SOURCE,
@@ -178,7 +202,7 @@ MODES: tuple[Mode, ...] = (
             _prompt(),
             _negative(),
             Arg("width", "int", "_Width", "Width in pixels (0 = the selection's or image's)", 0, 0, 2048),
-            Arg("height", "int", "_Height", "Height in pixels (0 = the selection's or image's)", 0, 0, 2048),
+            Arg("height", "int", "He_ight", "Height in pixels (0 = the selection's or image's)", 0, 0, 2048),
             _steps(30),
             _guidance(),
             *COMMON_TAIL,
@@ -194,8 +218,14 @@ MODES: tuple[Mode, ...] = (
         (
             _prompt(),
             _negative(),
-            Arg("factor", "choice", "_Factor", "x4 diffusion upscaler or x2 latent upscaler", "4",
-                choices=(("4", "x4"), ("2", "x2"))),
+            Arg(
+                "factor",
+                "choice",
+                "_Factor",
+                "x4 diffusion upscaler or x2 latent upscaler",
+                "4",
+                choices=(("4", "x4"), ("2", "x2")),
+            ),
             _steps(20),
             _guidance(-1.0, -1.0, "Classifier-free guidance scale (-1 = the upscaler's default)"),
             SOURCE,

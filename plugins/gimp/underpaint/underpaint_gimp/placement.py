@@ -72,7 +72,13 @@ def plan_layers(mode: Mode, result: dict[str, Any], region: Rect, fit: bool = Fa
         seed = image.get("seed", result.get("seed"))
         plans.append(
             LayerPlan(
-                layer_name(mode, seed), x, y, width, height, data, parasite_payload(mode, result, image, region),
+                layer_name(mode, seed),
+                x,
+                y,
+                width,
+                height,
+                data,
+                parasite_payload(mode, result, image, region),
                 target,
             )
         )

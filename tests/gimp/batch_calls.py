@@ -1,0 +1,182 @@
+"""Runs inside gimp-console (python-fu-eval): call Underpaint procedures through the PDB, as a batch
+user would, then save, reload and describe the results for pytest to check.
+
+Driven by the JSON file named in the UNDERPAINT_BATCH_SPEC environment variable:
+  {"picture": path, "out": dir, "procedures": [names to describe],
+   "calls": [{"name", "procedure", "args": {...}, "selection": ..., "control_picture": path or null,
+              "grayscale": bool, "interactive": bool, "returns_image": bool}]}
+Writes `<out>/result.json` (always, even on errors: gimp-console exits 0 on caught exceptions) with,
+per call: the PDB status, the error message, the duration, and the reloaded .xcf's layer tree with
+every layer's pixels dumped as raw RGBA files beside it.
+"""
+
+import json
+import os
+import time
+import traceback
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, Gio  # noqa: E402
+
+SPEC = json.load(open(os.environ["UNDERPAINT_BATCH_SPEC"]))
+OUT = SPEC["out"]
+PDB = Gimp.get_pdb()
+NONINTERACTIVE = Gimp.RunMode.NONINTERACTIVE
+
+
+def dump(drawable, path, fmt="R'G'B'A u8"):
+    w, h = drawable.get_width(), drawable.get_height()
+    data = drawable.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, fmt, Gegl.AbyssPolicy.NONE)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    return os.path.basename(path)
+
+
+def parasites(item):
+    out = {}
+    for name in item.get_parasite_list() or []:
+        out[name] = bytes(item.get_parasite(name).get_data()).decode("utf-8", "replace")
+    return out
+
+
+def describe(items, prefix, parent=None):
+    """The layer tree, top to bottom, with each layer's pixels dumped."""
+    rows = []
+    for index, item in enumerate(items):
+        _, x, y = item.get_offsets()
+        row = {
+            "name": item.get_name(),
+            "parent": parent,
+            "group": bool(item.is_group_layer()),
+            "x": x,
+            "y": y,
+            "width": item.get_width(),
+            "height": item.get_height(),
+            "visible": bool(item.get_visible()),
+            "parasites": parasites(item),
+            "mask": item.get_mask() is not None,
+        }
+        if row["group"]:
+            rows.append(row)
+            rows.extend(describe(item.get_children(), f"{prefix}-{index}", item.get_name()))
+            continue
+        row["pixels"] = dump(item, os.path.join(OUT, f"{prefix}-{index}.rgba"))
+        if row["mask"]:
+            row["mask_pixels"] = dump(item.get_mask(), os.path.join(OUT, f"{prefix}-{index}-mask.y"), "Y u8")
+        rows.append(row)
+    return rows
+
+
+def save_and_describe(image, name):
+    """Save as .xcf, load it back (what a user would reopen) and describe that."""
+    xcf = os.path.join(OUT, f"{name}.xcf")
+    Gimp.file_save(NONINTERACTIVE, image, Gio.File.new_for_path(xcf), None)
+    again = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(xcf))
+    composite = Gimp.Layer.new_from_visible(again, again, "composite")
+    info = {
+        "xcf": os.path.basename(xcf),
+        "width": again.get_width(),
+        "height": again.get_height(),
+        "layers": describe(again.get_layers(), name),
+        "composite": dump(composite, os.path.join(OUT, f"{name}-composite.rgba")),
+    }
+    composite.delete()
+    again.delete()
+    return info
+
+
+def make_selection(image, how):
+    if how is None:
+        Gimp.Selection.none(image)
+        return
+    kind, x, y, w, h, feather = how
+    op = Gimp.ChannelOps.REPLACE
+    if kind == "ellipse":
+        image.select_ellipse(op, x, y, w, h)
+    else:
+        image.select_rectangle(op, x, y, w, h)
+    if feather:
+        Gimp.Selection.feather(image, feather)
+
+
+def run_call(call):
+    image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(SPEC["picture"]))
+    if call.get("grayscale"):
+        image.convert_grayscale()
+    layer = image.get_layers()[0]
+    args = dict(call.get("args") or {})
+    if call.get("control_picture"):
+        control = Gimp.file_load_layer(NONINTERACTIVE, image, Gio.File.new_for_path(call["control_picture"]))
+        control.set_name("control")
+        image.insert_layer(control, None, 0)
+        args["control-layer"] = control
+    image.set_selected_layers([layer])
+    make_selection(image, call.get("selection"))
+    dump(image.get_selection(), os.path.join(OUT, f"{call['name']}-selection.y"), "Y u8")
+    layers_before = len(image.get_layers())
+
+    procedure = PDB.lookup_procedure(call["procedure"])
+    config = procedure.create_config()
+    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if call.get("interactive") else NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    for key, value in args.items():
+        config.set_property(key, value)
+    started = time.monotonic()
+    values = procedure.run(config)
+    seconds = time.monotonic() - started
+    status = values.index(0)
+    entry = {
+        "status": status.value_nick if hasattr(status, "value_nick") else str(status),
+        "success": status == Gimp.PDBStatusType.SUCCESS,
+        "error": PDB.get_last_error() if status != Gimp.PDBStatusType.SUCCESS else "",
+        "seconds": seconds,
+        "layers_before": layers_before,
+        "top_level_after": len(image.get_layers()),
+        "image": save_and_describe(image, call["name"]),
+    }
+    if entry["success"] and call.get("returns_image"):
+        new_image = values.index(1)
+        entry["new_image"] = save_and_describe(new_image, call["name"] + "-new") if new_image else None
+        if new_image:
+            new_image.delete()
+    image.delete()
+    return entry
+
+
+def describe_procedure(name):
+    """What GIMP registered: menu placement, label, image types and the typed arguments."""
+    procedure = PDB.lookup_procedure(name)
+    if procedure is None:
+        return None
+    return {
+        "menu_paths": list(procedure.get_menu_paths()),
+        "menu_label": procedure.get_menu_label(),
+        "image_types": procedure.get_image_types(),
+        "sensitivity": int(procedure.get_sensitivity_mask()),
+        "arguments": {a.name: a.value_type.name for a in procedure.get_arguments()},
+    }
+
+
+def main():
+    result = {"calls": {}, "procedures": {}, "done": False}
+    try:
+        for name in SPEC.get("procedures") or []:
+            result["procedures"][name] = describe_procedure(name)
+        for call in SPEC["calls"]:
+            try:
+                result["calls"][call["name"]] = run_call(call)
+            except Exception:
+                result["calls"][call["name"]] = {"exception": traceback.format_exc()}
+        result["done"] = True
+    except Exception:
+        result["exception"] = traceback.format_exc()
+    with open(os.path.join(OUT, "result.json.tmp"), "w") as f:
+        json.dump(result, f, indent=1)
+    os.rename(os.path.join(OUT, "result.json.tmp"), os.path.join(OUT, "result.json"))
+
+
+main()
