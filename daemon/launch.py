@@ -6,6 +6,7 @@ Used by `underpaint demo`, the benchmarks and the tests: they all talk to a real
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,15 @@ class DaemonProcess:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+
+def _die_with_parent() -> None:
+    """Linux: the daemon gets SIGTERM if the process that started it dies without cleaning up."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @contextmanager
@@ -55,7 +65,9 @@ def running_daemon(
         ]
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env)
+            proc = subprocess.Popen(
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, env=full_env, preexec_fn=_die_with_parent
+            )
             daemon = DaemonProcess("", proc, log_path)
             try:
                 deadline = time.monotonic() + timeout

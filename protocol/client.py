@@ -154,9 +154,9 @@ class Client:
             raise DaemonError(reply)
         return reply
 
-    def hello(self, client: str = "underpaint-python") -> dict[str, Any]:
+    def hello(self, client: str = "underpaint-python", timeout: float | None = None) -> dict[str, Any]:
         """Handshake: returns the daemon's `welcome` (ops, models, device, limits)."""
-        return self.request("hello", protocol=PROTOCOL_VERSION, client=client)
+        return self.request("hello", timeout=timeout, protocol=PROTOCOL_VERSION, client=client)
 
     def submit(
         self,
@@ -166,6 +166,7 @@ class Client:
         *,
         model: str | None = None,
         preview: bool = False,
+        timeout: float | None = None,
     ) -> str:
         """Queue a job; returns its job id (raises DaemonError if the daemon refuses it)."""
         fields: dict[str, Any] = {"op": op, "params": params or {}, "images": images or {}}
@@ -173,7 +174,7 @@ class Client:
             fields["model"] = model
         if preview:
             fields["preview"] = True
-        return str(self.request("submit", **fields)["job"])
+        return str(self.request("submit", timeout=timeout, **fields)["job"])
 
     def events(self, job: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield the events of `job` until (and including) its terminal event.
@@ -225,15 +226,15 @@ class Client:
         job = self.submit(op, params, images, model=model, preview=preview)
         return self.wait(job, on_progress, timeout)
 
-    def cancel(self, job: str) -> dict[str, Any]:
+    def cancel(self, job: str, timeout: float | None = None) -> dict[str, Any]:
         """Ask the daemon to cancel `job`; its `cancelled` event follows (see `wait`)."""
-        return self.request("cancel", job=job)
+        return self.request("cancel", timeout=timeout, job=job)
 
-    def status(self, job: str | None = None) -> dict[str, Any]:
-        return self.request("status", **({"job": job} if job else {}))
+    def status(self, job: str | None = None, timeout: float | None = None) -> dict[str, Any]:
+        return self.request("status", timeout=timeout, **({"job": job} if job else {}))
 
-    def models(self) -> dict[str, Any]:
-        return self.request("models")
+    def models(self, timeout: float | None = None) -> dict[str, Any]:
+        return self.request("models", timeout=timeout)
 
     def load(self, model: str, op: str | None = None, timeout: float | None = None) -> dict:
         """Load a preset's components for `op` now (queued on the worker like a job)."""
