@@ -55,14 +55,18 @@ def _load_plugin_package() -> ModuleType:
     return module
 
 
+# The plug-in imports the vendored copy as `underpaint_protocol`; here it is the package itself (its
+# `regions` too, so the plug-in's Rect is the one imported here). Set before the plug-in's modules load.
+import underpaint.protocol as _protocol  # noqa: E402
+import underpaint.protocol.regions as _regions  # noqa: E402
+from underpaint.protocol.regions import Rect  # noqa: E402
+
+sys.modules.setdefault("underpaint_protocol", _protocol)
+sys.modules.setdefault("underpaint_protocol.regions", _regions)
+
 _load_plugin_package()
 from underpaint_gimp import job, modes, placement, region, request  # noqa: E402
 
-# The plug-in imports the vendored copy as `underpaint_protocol`; here it is the package itself.
-import underpaint.protocol as _protocol  # noqa: E402
-
-sys.modules.setdefault("underpaint_protocol", _protocol)
-Rect = region.Rect
 ELLIPSE = (120, 20, 210, 180)  # x, y, w, h: over the cat's head
 FEATHER = 16
 PADDING = 32
@@ -72,17 +76,22 @@ PADDING = 32
 
 
 def test_region_math() -> None:
+    """GIMP's crop choices on top of the shared `protocol/regions.py` (tested in test_regions.py)."""
+    assert region.Rect is Rect  # the vendored shared module, not a copy of its own
     image = Rect(0, 0, 451, 300)
     sel = Rect.from_corners(104, 4, 346, 216)
-    assert region.job_region(image, sel, None, 32) == Rect.from_corners(72, 0, 378, 248)
-    assert region.job_region(image, sel, Rect(0, 0, 451, 300), 0) == sel
-    assert region.job_region(image, None, Rect(-10, 50, 100, 100), 32) == Rect(0, 50, 90, 100)
-    assert region.job_region(image, None, None, 32) == image
-    assert region.job_region(image, Rect(400, 250, 100, 100), None, 8) == Rect.from_corners(
+    assert region.crop_region(image, sel, None, 32) == Rect.from_corners(72, 0, 378, 248)
+    assert region.crop_region(image, sel, Rect(0, 0, 451, 300), 0) == sel
+    assert region.crop_region(image, sel, Rect(200, 0, 10, 10), 0) == sel  # the layer does not clip it
+    assert region.crop_region(image, None, Rect(-10, 50, 100, 100), 32) == Rect(0, 50, 90, 100)
+    assert region.crop_region(image, Rect(5, 5, 0, 0), Rect(-10, 50, 100, 100), 32) == Rect(0, 50, 90, 100)
+    assert region.crop_region(image, None, None, 32) == image
+    assert region.crop_region(image, Rect(400, 250, 100, 100), None, 8) == Rect.from_corners(
         392, 242, 451, 300
     )
+    assert region.crop_region(image, None, Rect(500, 0, 10, 10), 0).empty  # layer off the canvas
     assert region.upscale_region(image, Rect(200, 60, 40, 30), image) == Rect(200, 60, 40, 30)
-    assert region.placement(Rect(72, 0, 10, 10), 5, 7) == (77, 7)
+    assert placement.placement(Rect(72, 0, 10, 10), 5, 7) == (77, 7)
     assert region.generate_size(Rect(0, 0, 242, 212), 0, 0) == (248, 216)
     assert region.generate_size(Rect(0, 0, 20, 5000), 0, 0) == (64, 2048)
     assert region.generate_size(Rect(0, 0, 242, 212), 96, 0) == (96, 216)
@@ -138,10 +147,10 @@ def _crop_pixels(mode: modes.Mode, with_mask: bool = True) -> request.Pixels:
     image = Rect(0, 0, *picture.size)
     if not mode.uses_image:
         return request.Pixels(bounds)
-    crop = region.job_region(image, bounds, image, PADDING)
+    crop = region.crop_region(image, bounds, image, PADDING)
     if mode.new_image:
         crop = Rect(200, 60, 40, 30)
-    box = (crop.x, crop.y, crop.x2, crop.y2)
+    box = (crop.x, crop.y, crop.right, crop.bottom)
     return request.Pixels(
         crop,
         picture.crop(box).tobytes(),
@@ -346,7 +355,7 @@ def test_install_plugin_layout(tmp_path: Path) -> None:
     assert os.access(script, os.X_OK)
     for name in ("__init__", "modes", "region", "request", "placement", "job", "gimp_io", "procedures"):
         assert (folder / "underpaint_gimp" / f"{name}.py").is_file(), name
-    for name in ("__init__.py", "client.py", "messages.py"):
+    for name in ("__init__.py", "client.py", "messages.py", "regions.py"):
         assert (folder / "underpaint_protocol" / name).read_bytes() == (REPO / "protocol" / name).read_bytes()
     assert not list(folder.rglob("__pycache__"))
     # the plug-in's own imports must stay within its folder: no torch, no diffusers, no `underpaint.*`
@@ -545,7 +554,7 @@ def _original() -> np.ndarray:
 def _expected_region(selection: np.ndarray, padding: int) -> Rect:
     ys, xs = np.nonzero(selection)
     bounds = Rect.from_corners(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return bounds.grow(padding).intersect(Rect(0, 0, selection.shape[1], selection.shape[0]))
+    return bounds.grown(padding).intersected(Rect(0, 0, selection.shape[1], selection.shape[0]))
 
 
 @pytest.mark.parametrize("key", ["inpaint", "refine", "controlnet", "instruct", "generate"])

@@ -79,7 +79,7 @@ def test_bgra_rgba_conversion(plugin: Any) -> None:
 
 
 def test_mask_bounds_and_crop(plugin: Any) -> None:
-    pixels, regions = sub(plugin, "pixels"), sub(plugin, "regions")
+    pixels, regions = sub(plugin, "pixels"), sub(plugin, "protocol.regions")
     mask = Image.new("L", (40, 30), 0)
     ImageDraw.Draw(mask).ellipse((5, 7, 24, 19), fill=255)
     soft = mask.filter(ImageFilter.GaussianBlur(2))
@@ -96,12 +96,15 @@ def test_mask_bounds_and_crop(plugin: Any) -> None:
 
 
 def test_region_math(plugin: Any) -> None:
-    regions = sub(plugin, "regions")
-    Rect = regions.Rect
+    """The vendored shared `protocol/regions.py` as the plugin imports it, and Krita's txt2img size."""
+    shared, regions = sub(plugin, "protocol.regions"), sub(plugin, "regions")
+    assert Path(shared.__file__).read_bytes() == (ROOT / "protocol" / "regions.py").read_bytes()
+    Rect = shared.Rect
     canvas = Rect(0, 0, 451, 300)
-    assert regions.job_region(Rect(100, 50, 150, 100), canvas, 32) == Rect(68, 18, 214, 164)
-    assert regions.job_region(Rect(0, 280, 20, 20), canvas, 32) == Rect(0, 248, 52, 52)  # clamped
-    assert regions.job_region(None, canvas, 32) == canvas
+    assert shared.job_region(Rect(100, 50, 150, 100), canvas, 32) == Rect(68, 18, 214, 164)
+    assert shared.job_region(Rect(0, 280, 20, 20), canvas, 32) == Rect(0, 248, 52, 52)  # clamped
+    assert shared.job_region(None, canvas, 32) == canvas
+    assert sub(plugin, "pixels").Rect is Rect  # the plugin uses the shared Rect, not a copy
     assert regions.working_size(150, 100, 64) == (64, 64)  # minimum 64
     assert regions.working_size(600, 300, 512) == (512, 256)
     assert regions.working_size(301, 200, 512) == (512, 344)
@@ -284,6 +287,7 @@ def test_install_plugin_layout_and_zip(tmp_path: Path) -> None:
         "underpaint_krita/docker.py",
         "underpaint_krita/protocol/__init__.py",
         "underpaint_krita/protocol/client.py",
+        "underpaint_krita/protocol/regions.py",
     ):
         assert name in installed
     assert not any("__pycache__" in name for name in installed)

@@ -19,7 +19,7 @@ def dependency_problem() -> str | None:
     if missing:
         return missing_message(missing)
     try:
-        from . import protocol  # noqa: F401  (the vendored copy installed beside this file)
+        from .protocol import client  # noqa: F401  (the vendored copy installed beside this file)
     except ImportError as exc:
         return (
             f"The plugin's copy of the Underpaint protocol is missing or broken ({exc}). "

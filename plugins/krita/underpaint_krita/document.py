@@ -12,7 +12,8 @@ from typing import Any
 from . import qimages
 from .modes import MODES_BY_KEY, FormValues, Mode
 from .pixels import bgra_to_rgba, has_transparency, mask_bounds
-from .regions import Rect, job_region, working_size
+from .protocol.regions import Rect, job_region
+from .regions import working_size
 
 
 class InputError(Exception):

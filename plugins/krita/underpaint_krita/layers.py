@@ -16,7 +16,7 @@ from PyQt5.QtCore import QByteArray, QTimer
 from . import qimages
 from .modes import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, GROUP_NAME, PREVIEW_NAME, merge_records
 from .pixels import rgba_to_bgra, set_alpha
-from .regions import Rect
+from .protocol.regions import Rect, placement
 
 MASK_TYPES = frozenset({"selectionmask", "transparencymask", "filtermask", "transformmask", "colorizemask"})
 
@@ -178,12 +178,8 @@ def insert_results(
         if size is not None:
             rect = region
         else:
-            rect = Rect(
-                region.x + int(image.get("x", 0)),
-                region.y + int(image.get("y", 0)),
-                int(image["width"]),
-                int(image["height"]),
-            )
+            x, y = placement(region, image.get("x", 0), image.get("y", 0))
+            rect = Rect(x, y, int(image["width"]), int(image["height"]))
         node = preview.take() if (preview is not None and i == 0) else None
         if node is None:
             node = target.add_layer(names[i])

@@ -6,7 +6,7 @@ the wire wants R,G,B,A, and masks are one byte per pixel.
 
 from __future__ import annotations
 
-from .regions import Rect
+from .protocol.regions import Rect
 
 
 def swap_red_blue(data: bytes | bytearray | memoryview) -> bytes:

@@ -12,9 +12,9 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
+from underpaint_protocol.regions import Rect  # noqa: E402
 
 from .placement import GROUP_NAME, GROUP_PARASITE, PARASITE, LayerPlan  # noqa: E402
-from .region import Rect  # noqa: E402
 
 RGBA = "R'G'B'A u8"
 GRAY = "Y u8"
@@ -41,7 +41,7 @@ def selection_rect(image: Gimp.Image) -> Rect | None:
 def _read(drawable: Gimp.Drawable, region: Rect, fmt: str) -> bytes:
     """`region` (image coordinates) of `drawable`; outside the drawable reads as transparent/zero."""
     offset = drawable_rect(drawable)
-    local = region.translate(-offset.x, -offset.y)
+    local = region.translated(-offset.x, -offset.y)
     rect = Gegl.Rectangle.new(local.x, local.y, local.width, local.height)
     data = drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.NONE)
     return bytes(data)

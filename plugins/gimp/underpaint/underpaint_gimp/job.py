@@ -38,9 +38,11 @@ def missing_dependency_message(exc: ImportError) -> str:
 
 
 def load_protocol() -> ModuleType:
-    """The vendored protocol package; its import fails when pyzmq or msgpack is missing."""
+    """The vendored protocol package; importing its client fails when pyzmq or msgpack is missing
+    (the package itself loads lazily, so the stdlib-only `regions` imports without them)."""
     try:
         import underpaint_protocol
+        import underpaint_protocol.client  # noqa: F401
     except ImportError as exc:
         raise UserError(missing_dependency_message(exc)) from exc
     return underpaint_protocol

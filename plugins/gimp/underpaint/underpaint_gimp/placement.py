@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from underpaint_protocol.regions import Rect, placement
+
 from .modes import Mode
-from .region import Rect, placement
 
 GROUP_NAME = "Underpaint"
 PARASITE = "underpaint-params"  # JSON of the generation parameters, on every result layer
@@ -43,7 +44,7 @@ def parasite_payload(mode: Mode, result: dict[str, Any], image: dict[str, Any], 
         "model": result.get("model"),
         "seed": image.get("seed", result.get("seed")),
         "params": result.get("params", {}),
-        "region": [region.x, region.y, region.width, region.height],
+        "region": region.as_list(),
         "job": result.get("job"),
     }
     return json.dumps(payload, sort_keys=True, default=str).encode("utf-8")

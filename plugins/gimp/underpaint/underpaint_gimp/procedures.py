@@ -30,7 +30,7 @@ from .gimp_io import (  # noqa: E402
 )
 from .modes import MENU_PATH, MODES, Arg, Mode, mode_by_procedure  # noqa: E402
 from .placement import LayerPlan, plan_layers  # noqa: E402
-from .region import job_region, upscale_region  # noqa: E402
+from .region import crop_region, upscale_region  # noqa: E402
 from .request import Pixels, UserError, build_request  # noqa: E402
 
 FLAGS = GObject.ParamFlags.READWRITE
@@ -130,7 +130,7 @@ def _read_pixels(mode: Mode, image: Gimp.Image, drawable: Gimp.Drawable | None, 
     if mode.new_image:
         region = upscale_region(whole, selection, extent)
     else:
-        region = job_region(whole, selection, extent, int(values.get("padding") or 0))
+        region = crop_region(whole, selection, extent, int(values.get("padding") or 0))
     if region.empty:
         raise UserError(f"{mode.title}: the selection and the layer do not overlap the image.")
     pixels = Pixels(region)

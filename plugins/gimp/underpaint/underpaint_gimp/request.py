@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from underpaint_protocol.regions import Rect
+
 from .modes import Mode
-from .region import Rect, generate_size
+from .region import generate_size
 
 
 class UserError(Exception):
