@@ -117,6 +117,12 @@ def _serve_parser(sub: Any) -> None:
         help="largest accepted image in pixels (default 4096*4096)",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads torch may use (0 = torch's default; 1-2 keeps a shared machine responsive)",
+    )
+    p.add_argument(
         "--models-dir",
         type=Path,
         help="where the tiny models are built (default: $UNDERPAINT_HOME/models or "
@@ -150,6 +156,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             return 2
         config = replace(config, default=args.preset)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     models = ModelManager(
         config, device, pick_dtype(device, args.dtype), int(args.memory_budget_gb * 1024**3), args.models_dir

@@ -6,7 +6,7 @@ are the published SD 1.5 ones (UNet ~860M parameters, 4-level VAE, CLIP ViT-L/14
 tokenizer is the real 49408-token CLIP BPE, read from the copy that ships in the `open-clip-torch`
 wheel. Weights are random, so pictures are noise-like, but every multiply-add of the real model happens.
 
-Weights are saved as float16 safetensors (about 2.1 GB for base, 0.7 GB for the ControlNet, half of
+Weights are saved as float16 safetensors (about 2.0 GB for base, 0.7 GB for the ControlNet, half of
 float32); `from_pretrained(torch_dtype=torch.float32)` casts them back on load, so CPU runs compute in
 float32 exactly like a float32 checkpoint would.
 

@@ -128,16 +128,27 @@ class Worker(threading.Thread):
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             message = f"{req.op} failed: {type(exc).__name__}: {exc}"
             return job.envelope("error", code=code, message=message)
+        ran = time.monotonic()
+        fmt = req.params.get("output_format", "raw")
+        images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed) for p in patches]
         finished = time.monotonic()
         load = self.models.load_seconds - load_before
         timings = {
             "queued": started - job.accepted_at,
             "load": load,
-            "run": finished - started - load,
-            "total": finished - job.accepted_at,
+            "run": ran - started - load,
+            "total": finished - job.accepted_at,  # accepted -> result, encoding included
         }
         log.info("job %s done in %.2f s (load %.2f s)", job.id, timings["total"], load)
-        return self._result(job, patches, timings)
+        return job.envelope(
+            "result",
+            op=req.op,
+            model=req.preset.name,
+            images=images,
+            seed=patches[0].seed,
+            params=req.params,
+            timings=timings,
+        )
 
     def _run_with_retry(self, job: Job, sink: Callable[..., None]) -> list[Patch]:
         """Run the op; after running out of device memory, free other presets and try once more."""
@@ -153,21 +164,6 @@ class Worker(threading.Thread):
                 log.warning("job %s ran out of memory; unloading other models and retrying", job.id)
                 self.models.unload_others(req.preset.name)
         raise AssertionError("unreachable")
-
-    def _result(self, job: Job, patches: list[Patch], timings: dict[str, float]) -> dict:
-        req = job.request
-        assert req is not None
-        fmt = req.params.get("output_format", "raw")
-        images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed) for p in patches]
-        return job.envelope(
-            "result",
-            op=req.op,
-            model=req.preset.name,
-            images=images,
-            seed=patches[0].seed,
-            params=req.params,
-            timings=timings,
-        )
 
 
 # What `load` warms for an op: the shared base for SD-1.x ops, the upscalers themselves.
