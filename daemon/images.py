@@ -50,7 +50,8 @@ def decode_image(obj: Any, path: str, max_pixels: int) -> Image.Image:
             f"{path}.data has {len(data)} bytes, expected width*height*channels = {w * h * c}",
             f"{path}.data",
         )
-    return Image.frombuffer(_MODES[c], (w, h), bytes(data), "raw", _MODES[c], 0, 1)
+    # No copy: the image reads the received buffer (msgpack bytes or a ZeroMQ frame) directly.
+    return Image.frombuffer(_MODES[c], (w, h), data, "raw", _MODES[c], 0, 1)
 
 
 def _decode_png(data: bytes | bytearray | memoryview, path: str, max_pixels: int) -> Image.Image:

@@ -29,6 +29,7 @@ class Job:
     op: str = ""
     re: Any = None
     preview: bool = False
+    frames: bool = False  # send result image data as extra frames (feature "frames")
     id: str = field(default_factory=new_job_id)
     accepted_at: float = field(default_factory=time.monotonic)
     state: str = "queued"

@@ -13,7 +13,7 @@ from typing import Any
 
 import zmq
 
-from ..protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, pack, unpack
+from ..protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, attach_frames, pack, unpack
 from . import __version__, preprocessors
 from .errors import ErrorCode, RequestError
 from .images import decode_image
@@ -106,24 +106,25 @@ class Server:
     def _handle(self, identity: bytes, frames: list[Any]) -> dict[str, Any] | None:
         msg: Any = None
         try:
-            if len(frames) != 1:
-                raise RequestError(
-                    ErrorCode.MALFORMED_MESSAGE, f"expected one frame per message, got {len(frames)}"
-                )
-            data = frames[0].buffer
-            if len(data) > self.limits.max_message_bytes:
+            size = sum(len(frame.buffer) for frame in frames)
+            if size > self.limits.max_message_bytes:
                 raise RequestError(
                     ErrorCode.MESSAGE_TOO_LARGE,
-                    f"message is {len(data)} bytes, limit is {self.limits.max_message_bytes}",
+                    f"message is {size} bytes, limit is {self.limits.max_message_bytes}",
                 )
             try:
-                msg = unpack(data)
+                msg = unpack(frames[0].buffer)
             except Exception as exc:
                 raise RequestError(ErrorCode.MALFORMED_MESSAGE, f"not msgpack: {exc}") from None
             if not isinstance(msg, dict):
                 raise RequestError(
                     ErrorCode.MALFORMED_MESSAGE, f"message must be a msgpack map, got {type(msg).__name__}"
                 )
+            if len(frames) > 1:  # feature "frames": binary payloads after the header (zero-copy)
+                try:
+                    attach_frames(msg, [frame.buffer for frame in frames[1:]])
+                except ValueError as exc:
+                    raise RequestError(ErrorCode.MALFORMED_MESSAGE, str(exc)) from None
             kind = msg.get("type")
             if "type" not in msg:
                 raise RequestError(ErrorCode.MISSING_FIELD, "type is required", "type")
@@ -187,6 +188,7 @@ class Server:
             "preprocessors": preprocessors.describe(),
             "schedulers": SCHEDULER_NAMES,
             "limits": self.limits.to_wire(),
+            "features": ["frames"],
         }
 
     def on_submit(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +212,7 @@ class Server:
                 ErrorCode.QUEUE_FULL, f"you already have {self.limits.max_queued_per_client} jobs queued"
             )
         job = Job(identity, "op", request, preset.name, op, msg.get("id"), preview)
+        job.frames = _field(msg, "frames", bool) or False
         with self._jobs_lock:
             self.jobs[job.id] = job
         position = self.queue.put(job)

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from ..protocol.messages import pack
+from ..protocol.messages import pack, split_frames
 from .device import is_out_of_memory
 from .errors import ErrorCode, RequestError
 from .images import encode_image
@@ -50,7 +50,11 @@ class Worker(threading.Thread):
     # -- plumbing ------------------------------------------------------------------------------
     def emit(self, job: Job, message: dict[str, Any]) -> None:
         assert self._out is not None
-        self._out.send_multipart([job.client, pack(message)], copy=False)
+        if job.frames:
+            header, payloads = split_frames(message)
+            self._out.send_multipart([job.client, pack(header), *payloads], copy=False)
+        else:
+            self._out.send_multipart([job.client, pack(message)], copy=False)
 
     def run(self) -> None:
         self._out = self.context.socket(zmq.PUSH)

@@ -20,7 +20,9 @@ from .messages import (
     PROTOCOL_VERSION,
     TERMINAL_EVENTS,
     ErrorCode,
+    attach_frames,
     pack,
+    split_frames,
     unpack,
 )
 
@@ -57,9 +59,13 @@ class Client:
         *,
         timeout: float = 30.0,
         context: zmq.Context | None = None,
+        frames: bool = False,
     ) -> None:
+        """`frames=True` sends and receives large image data as extra ZeroMQ frames instead of inside
+        the msgpack map (fewer copies; needs a daemon whose welcome lists the feature "frames")."""
         self.endpoint = endpoint
         self.timeout = timeout
+        self.frames = frames
         self._ctx = context or zmq.Context.instance()
         self._socket: zmq.Socket | None = None
         self._next_id = 0
@@ -101,7 +107,11 @@ class Client:
         assert self._socket is not None, "client is closed"
         self._next_id += 1
         message = {"type": type_, "id": self._next_id, **fields}
-        self._socket.send(pack(message), copy=False)
+        if self.frames:
+            header, payloads = split_frames(message)
+            self._socket.send_multipart([pack(header), *payloads], copy=False)
+        else:
+            self._socket.send(pack(message), copy=False)
         return self._next_id
 
     def poll(self, timeout: float | None = 0) -> dict[str, Any] | None:
@@ -115,8 +125,13 @@ class Client:
         ms = None if timeout is None else max(0, int(timeout * 1000))
         if not self._socket.poll(ms, zmq.POLLIN):
             return None
-        message = unpack(self._socket.recv(copy=False).buffer)
-        return message if isinstance(message, dict) else None
+        parts = self._socket.recv_multipart(copy=False)
+        message = unpack(parts[0].buffer)
+        if not isinstance(message, dict):
+            return None
+        if len(parts) > 1:
+            attach_frames(message, [part.buffer for part in parts[1:]])
+        return message
 
     def _take(self, match: Callable[[dict[str, Any]], bool], timeout: float | None) -> dict | None:
         """Return the first message (inbox or socket) that `match`es, keeping the others."""
@@ -174,6 +189,8 @@ class Client:
             fields["model"] = model
         if preview:
             fields["preview"] = True
+        if self.frames:
+            fields["frames"] = True
         return str(self.request("submit", timeout=timeout, **fields)["job"])
 
     def events(self, job: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:

@@ -56,3 +56,55 @@ def unpack(frame: bytes | memoryview) -> Any:
 def raw_image(width: int, height: int, channels: int, data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Build a raw image object: 8-bit, row-major, channels interleaved R,G,B,A."""
     return {"format": "raw", "width": width, "height": height, "channels": channels, "data": data}
+
+
+# -- binary frames (feature "frames", PROTOCOL.md section 4.1) ----------------------------------------
+FRAME_MIN_BYTES = 64 * 1024  # smaller payloads stay inline: a frame of their own would cost more
+
+
+def split_frames(message: Any) -> tuple[Any, list[Any]]:
+    """Move every large `data` payload of `message` into extra frames.
+
+    Returns a copy of `message` (the caller's maps are not touched) whose moved payloads' maps say
+    `frame: k` (1-based) instead of `data`, and the payloads in order, to be sent after the msgpack
+    header frame without being copied into it.
+    """
+    frames: list[Any] = []
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {key: walk(value) for key, value in node.items() if key != "data"}
+            data = node.get("data")
+            if isinstance(data, (bytes, bytearray, memoryview)) and len(data) >= FRAME_MIN_BYTES:
+                frames.append(data)
+                out["frame"] = len(frames)
+            elif "data" in node:
+                out["data"] = data
+            return out
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return walk(message), frames
+
+
+def attach_frames(message: Any, frames: list[Any]) -> None:
+    """Put extra frames back as `data` wherever a map says `frame: k`; ValueError on a bad `k`."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            k = node.get("frame")
+            if "frame" in node and "data" not in node:
+                if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(frames):
+                    raise ValueError(
+                        f"frame {k!r} does not exist: the message has {len(frames)} extra frames"
+                    )
+                node["data"] = frames[k - 1]
+                del node["frame"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(message)
