@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .tiny import _bytes_to_unicode, _manual_seed, _no_safety, sd_scheduler
+from .tiny import _bytes_to_unicode, _manual_seed, _no_safety, controlnet_from_unet, sd_scheduler
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -154,21 +154,7 @@ def make_unet(seed: int) -> UNet2DConditionModel:
 
 def make_controlnet(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
     """An SD 1.5 ControlNet copied from the UNet; random zero convs so it changes the picture."""
-    import torch
-    from diffusers import ControlNetModel
-
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256))
-    _manual_seed(seed, "fullsize/controlnet-canny")
-    zero_convs = [
-        controlnet.controlnet_cond_embedding.conv_out,
-        *controlnet.controlnet_down_blocks,
-        controlnet.controlnet_mid_block,
-    ]
-    with torch.no_grad():
-        for conv in zero_convs:
-            conv.weight.normal_(0.0, 0.01)
-            conv.bias.normal_(0.0, 0.01)
-    return controlnet.eval()
+    return controlnet_from_unet(unet, (16, 32, 96, 256), seed, "fullsize/controlnet-canny", std=0.01)
 
 
 # --------------------------------------------------------------------------- folders

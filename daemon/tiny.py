@@ -220,12 +220,20 @@ def make_sd_unet(seed: int, in_channels: int, name: str) -> UNet2DConditionModel
 
 def make_controlnet(unet: UNet2DConditionModel, seed: int, kind: str) -> ControlNetModel:
     """A ControlNet copied from the UNet; zero convs get small random weights so it matters."""
+    # Four conditioning levels = three stride-2 convs = the VAE's 8x factor.
+    return controlnet_from_unet(unet, (16, 16, 32, 32), seed, f"controlnet-{kind}", std=0.05)
+
+
+def controlnet_from_unet(
+    unet: UNet2DConditionModel, embedding: tuple[int, ...], seed: int, name: str, std: float
+) -> ControlNetModel:
+    """`ControlNetModel.from_unet` zero-initialises its output convs, which would make every random
+    ControlNet a no-op (and all of them identical): seed them with small random weights instead."""
     import torch
     from diffusers import ControlNetModel
 
-    # Four conditioning levels = three stride-2 convs = the VAE's 8x factor.
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 32, 32))
-    _manual_seed(seed, f"controlnet-{kind}")
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding)
+    _manual_seed(seed, name)
     zero_convs = [
         controlnet.controlnet_cond_embedding.conv_out,
         *controlnet.controlnet_down_blocks,
@@ -233,8 +241,8 @@ def make_controlnet(unet: UNet2DConditionModel, seed: int, kind: str) -> Control
     ]
     with torch.no_grad():
         for conv in zero_convs:
-            conv.weight.normal_(0.0, 0.05)
-            conv.bias.normal_(0.0, 0.05)
+            conv.weight.normal_(0.0, std)
+            conv.bias.normal_(0.0, std)
     return controlnet.eval()
 
 
