@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic_build import build_once
 from .tiny import _bytes_to_unicode, _manual_seed, _no_safety, controlnet_from_unet, sd_scheduler
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
@@ -202,17 +200,7 @@ def ensure_fullsize_models(root: Path, progress: Progress | None = None) -> Path
 
     Two processes may build at once: whoever renames first wins and the loser drops its copy.
     """
-    final = Path(root) / f"fullsize-v{FULLSIZE_VERSION}"
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-build-", dir=final.parent))
-    try:
-        build_fullsize_models(tmp, progress=progress)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(
+        Path(root) / f"fullsize-v{FULLSIZE_VERSION}",
+        lambda tmp: build_fullsize_models(tmp, progress=progress),
+    )

@@ -17,14 +17,14 @@ Layout under the destination folder (see ``FOLDERS``):
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .atomic_build import build_once
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -461,17 +461,4 @@ def ensure_tiny_models(root: Path) -> Path:
 
     Two processes may build at once: whoever renames first wins and the loser drops its copy.
     """
-    final = Path(root) / f"tiny-v{TINY_VERSION}"
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-build-", dir=final.parent))
-    try:
-        build_tiny_models(tmp)
-        os.rename(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(Path(root) / f"tiny-v{TINY_VERSION}", lambda tmp: build_tiny_models(tmp))
