@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from underpaint.daemon.pictures import decode_result_image
+from underpaint.daemon.commands.pictures import decode_result_image
 from underpaint.protocol import Client
 
 REPO = Path(__file__).resolve().parents[1]

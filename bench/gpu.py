@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from underpaint.daemon.launch import running_daemon
+from underpaint.daemon.commands.launch import running_daemon
 
 from . import overhead
 from .common import Report, client_for

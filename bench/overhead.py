@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-from underpaint.daemon.pictures import image_object
+from underpaint.daemon.commands.pictures import image_object
 from underpaint.protocol import Client
 
 from .common import PROMPT, SEED, Report, interleaved, median, photo, progress, result_rgb, secs, timed

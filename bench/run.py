@@ -8,7 +8,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from underpaint.daemon.launch import running_daemon
+from underpaint.daemon.commands.launch import running_daemon
 
 from . import cancel, clients, overhead, transfer, warm
 from .common import PROMPT, SEED, Report, client_for, secs, timed
@@ -32,7 +32,7 @@ def _t2i(size: int, steps: int) -> dict[str, object]:
 
 def tiny(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> None:
     """Every section on the tiny preset: fixed costs are largest relative to the model here."""
-    from underpaint.daemon.tiny import ensure_tiny_models
+    from underpaint.daemon.builders.tiny.sd15 import ensure_tiny_models
 
     base_dir = ensure_tiny_models(models_dir) / "base"
     size, steps = plan.tiny_size, plan.tiny_steps
@@ -64,7 +64,7 @@ def tiny(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: 
 
 def fullsize(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> Path:
     """The sections whose ratios depend on real model cost, on the full SD 1.5 architecture."""
-    from underpaint.daemon.fullsize import ensure_fullsize_models
+    from underpaint.daemon.builders.fullsize import ensure_fullsize_models
 
     with timed() as t:
         root = ensure_fullsize_models(models_dir, progress=lambda msg: print(f"fullsize: {msg}", flush=True))

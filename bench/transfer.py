@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image
 
-from underpaint.daemon.pictures import image_object
+from underpaint.daemon.commands.pictures import image_object
 from underpaint.protocol import Client, DaemonError
 from underpaint.protocol.messages import pack, raw_image
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from underpaint.daemon.pictures import image_object
+from underpaint.daemon.commands.pictures import image_object
 from underpaint.protocol import Client
 
 from .common import PROMPT, SEED, Report, ellipse_mask, mb, photo, progress, rss_bytes, secs, timed

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the PNGs (default: ./underpaint-demo)",
     )
     demo.set_defaults(func=cmd_demo)
-    from .install_plugin import add_parser as add_install_parser
+    from .commands.install_plugin import add_parser as add_install_parser
 
     add_install_parser(sub)
     return parser
@@ -143,9 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .device import pick_device, pick_dtype
-    from .models import ModelManager
     from .params import Limits
-    from .server import Server
+    from .serving.models import ModelManager
+    from .serving.server import Server
 
     config = load_config(args.config)
     if args.preset:
@@ -241,7 +241,7 @@ def _edit_parser(sub: Any) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from .client_edit import run_edit
+    from .commands.edit import run_edit
 
     return run_edit(args)
 
@@ -292,7 +292,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .commands.demo import run_demo
 
     return run_demo(args.out)
 

@@ -34,7 +34,7 @@ def underpaint_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def daemon(underpaint_home: Path) -> Iterator:
     """A real `underpaint serve --preset tiny` process on a free loopback port."""
-    from underpaint.daemon.launch import running_daemon
+    from underpaint.daemon.commands.launch import running_daemon
 
     with running_daemon(preset="tiny") as proc:
         yield proc

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from underpaint.daemon.pictures import decode_result_image, image_object
+from underpaint.daemon.commands.pictures import decode_result_image, image_object
 
 PICTURE = Path(__file__).resolve().parents[1] / "daemon" / "assets" / "chelsea.png"
 

@@ -10,7 +10,7 @@ import pytest
 import zmq
 from helpers import ellipse_mask, obj, picture
 
-from underpaint.daemon.launch import running_daemon
+from underpaint.daemon.commands.launch import running_daemon
 from underpaint.protocol import Client, ProtocolMismatch
 
 

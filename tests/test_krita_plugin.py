@@ -32,7 +32,7 @@ import pytest
 from conftest import need
 from PIL import Image, ImageDraw, ImageFilter
 
-from underpaint.daemon.install_plugin import enable_in_kritarc
+from underpaint.daemon.commands.install_plugin import enable_in_kritarc
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ROOT / "tests" / "krita"
@@ -51,7 +51,7 @@ kra = importlib.import_module("kra")
 @pytest.fixture(scope="session")
 def plugin(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """`underpaint_krita` imported from a staged copy (outside Krita: only the pure modules are used)."""
-    from underpaint.daemon.install_plugin import stage_krita
+    from underpaint.daemon.commands.install_plugin import stage_krita
 
     staged = stage_krita(tmp_path_factory.mktemp("staged"))
     sys.path.insert(0, str(staged.parent))
@@ -669,7 +669,7 @@ def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, A
 
 def test_krita_reconnect_and_cancel_on_close(krita_home: Path, underpaint_home: Path, tmp_path: Path) -> None:
     """Daemon down -> message; daemon up -> reconnect; closing the document or Krita cancels the job."""
-    from underpaint.daemon.launch import running_daemon
+    from underpaint.daemon.commands.launch import running_daemon
     from underpaint.protocol import Client
 
     out = tmp_path / "connection"

@@ -9,7 +9,7 @@ import torch
 
 from underpaint.daemon.config import load_config
 from underpaint.daemon.errors import RequestError
-from underpaint.daemon.models import ModelManager, module_bytes
+from underpaint.daemon.serving.models import ModelManager, module_bytes
 
 
 @pytest.fixture

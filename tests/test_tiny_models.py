@@ -31,7 +31,7 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from underpaint.daemon import tiny
+from underpaint.daemon.builders.tiny import sd15 as tiny
 
 PROMPT = "a red fox, oil painting"
 

@@ -9,9 +9,9 @@ from typing import Any
 from PIL import Image
 
 from ..errors import ErrorCode, RequestError
-from ..models import ModelManager
 from ..params import Limits
 from ..preprocessors import PREPROCESSORS, Preprocessors
+from ..serving.models import ModelManager
 from .common import (
     OpRequest,
     Patch,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import ModelManager
 from ..params import Limits
+from ..serving.models import ModelManager
 from .common import (
     OpRequest,
     Patch,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import ErrorCode, RequestError
-from ..models import ModelManager
 from ..params import Limits
+from ..serving.models import ModelManager
 from .common import OpRequest, Patch, StepReporter, check_mask, require_image, run_in_workspace
 
 

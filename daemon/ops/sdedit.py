@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..models import ModelManager
 from ..params import Limits
+from ..serving.models import ModelManager
 from .common import (
     OpRequest,
     Patch,

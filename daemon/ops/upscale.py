@@ -5,8 +5,8 @@ from __future__ import annotations
 from PIL import Image
 
 from ..errors import ErrorCode, RequestError
-from ..models import ModelManager
 from ..params import Limits
+from ..serving.models import ModelManager
 from .common import OpRequest, Patch, StepReporter, generators, require_image, seeds_for, whole
 
 MIN_SIDE = {4: 16, 2: 128}  # the latent upscaler needs at least 16x16 latents

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..protocol.messages import raw_image
+from ...protocol.messages import raw_image
 
 
 def image_object(img: Image.Image) -> dict[str, Any]:

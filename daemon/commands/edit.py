@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ..protocol import Client, DaemonError, JobCancelled, ProtocolMismatch
+from ...protocol import Client, DaemonError, JobCancelled, ProtocolMismatch
 from .pictures import image_object, paste_results, result_images
 
 # CLI flag (argparse dest) -> protocol param name

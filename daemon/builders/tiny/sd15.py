@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic_build import build_once
+from ..atomic import build_once
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -346,7 +346,7 @@ Progress = Callable[[str], None]
 
 _README = """# Underpaint tiny test models (layout v{version}, seed {seed})
 
-Random weights built offline by `underpaint.daemon.tiny` for tests and demos. They are
+Random weights built offline by `underpaint.daemon.builders.tiny` for tests and demos. They are
 complete diffusers folders loadable with `from_pretrained`, but nothing was trained: any output
 is noise-like, and that is expected. Native resolution: {native} px.
 

@@ -13,16 +13,16 @@ from typing import Any
 
 import zmq
 
-from ..protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, attach_frames, pack, unpack
-from . import __version__, preprocessors
-from .errors import ErrorCode, RequestError
-from .images import decode_image
+from ...protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, attach_frames, pack, unpack
+from .. import __version__, preprocessors
+from ..errors import ErrorCode, RequestError
+from ..images import decode_image
+from ..ops import OPS
+from ..ops.common import OpRequest
+from ..params import Limits, build_op_specs
+from ..schedulers import SCHEDULER_NAMES
 from .jobs import FairQueue, Job
 from .models import ModelManager
-from .ops import OPS
-from .ops.common import OpRequest
-from .params import Limits, build_op_specs
-from .schedulers import SCHEDULER_NAMES
 from .worker import EVENTS_ENDPOINT, Worker
 
 log = logging.getLogger("underpaint.server")

@@ -36,8 +36,8 @@ from diffusers import (
 )
 from diffusers.models import MultiControlNetModel
 
-from .config import FULLSIZE_PREFIX, TINY_PREFIX, Config, Preset, data_home
-from .errors import ErrorCode, RequestError
+from ..config import FULLSIZE_PREFIX, TINY_PREFIX, Config, Preset, data_home
+from ..errors import ErrorCode, RequestError
 
 log = logging.getLogger("underpaint.models")
 
@@ -249,11 +249,11 @@ class ModelManager:
         else:
             source = preset.sources[role]
         if source.startswith(TINY_PREFIX):
-            from .tiny import ensure_tiny_models
+            from ..builders.tiny.sd15 import ensure_tiny_models
 
             return str(ensure_tiny_models(self.tiny_root) / source[len(TINY_PREFIX) :])
         if source.startswith(FULLSIZE_PREFIX):
-            from .fullsize import ensure_fullsize_models
+            from ..builders.fullsize import ensure_fullsize_models
 
             return str(ensure_fullsize_models(self.tiny_root) / source[len(FULLSIZE_PREFIX) :])
         return source

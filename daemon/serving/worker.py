@@ -15,15 +15,15 @@ from typing import Any
 
 import zmq
 
-from ..protocol.messages import pack, split_frames
-from .device import is_out_of_memory
-from .errors import ErrorCode, RequestError
-from .images import encode_image
+from ...protocol.messages import pack, split_frames
+from ..device import is_out_of_memory
+from ..errors import ErrorCode, RequestError
+from ..images import encode_image
+from ..ops import OPS
+from ..ops.common import JobCancelled, Patch, StepReporter
+from ..preprocessors import Preprocessors
 from .jobs import FairQueue, Job
 from .models import ModelManager
-from .ops import OPS
-from .ops.common import JobCancelled, Patch, StepReporter
-from .preprocessors import Preprocessors
 
 log = logging.getLogger("underpaint.worker")
 

@@ -8,11 +8,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..protocol import Client
+from ...protocol import Client
 from .launch import running_daemon
 from .pictures import image_object, paste_results, result_images
 
-PICTURE = Path(__file__).with_name("assets") / "chelsea.png"
+PICTURE = Path(__file__).parents[1] / "assets" / "chelsea.png"
 
 
 def demo_inputs() -> dict[str, Image.Image]:

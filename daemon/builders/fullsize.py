@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic_build import build_once
-from .tiny import _bytes_to_unicode, _manual_seed, _no_safety, controlnet_from_unet, sd_scheduler
+from .atomic import build_once
+from .tiny.sd15 import _bytes_to_unicode, _manual_seed, _no_safety, controlnet_from_unet, sd_scheduler
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -160,7 +160,7 @@ def make_controlnet(unet: UNet2DConditionModel, seed: int) -> ControlNetModel:
 _README = """# Underpaint full-size benchmark models (layout v{version}, seed {seed})
 
 Stable Diffusion 1.5's architecture (UNet, VAE, CLIP ViT-L/14 text encoder, real CLIP tokenizer,
-PNDM scheduler) with random weights, built offline by `underpaint.daemon.fullsize` so benchmarks pay
+PNDM scheduler) with random weights, built offline by `underpaint.daemon.builders.fullsize` so benchmarks pay
 the real model's compute. Saved as float16 safetensors. Outputs are noise-like: nothing was trained.
 
 Folders: {folders}.
