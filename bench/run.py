@@ -32,9 +32,9 @@ def _t2i(size: int, steps: int) -> dict[str, object]:
 
 def tiny(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> None:
     """Every section on the tiny preset: fixed costs are largest relative to the model here."""
-    from underpaint.daemon.builders.tiny.sd15 import ensure_tiny_models
+    from underpaint.daemon.builders.tiny import ensure_tiny
 
-    base_dir = ensure_tiny_models(models_dir) / "base"
+    base_dir = ensure_tiny(models_dir, "sd15") / "base"
     size, steps = plan.tiny_size, plan.tiny_steps
     with ExitStack() as stack:
         daemon, start_s = _start(stack, "tiny", models_dir, env)

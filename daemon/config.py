@@ -1,4 +1,10 @@
-"""Model presets from TOML: the built-in `presets.toml`, optionally merged with a user's file."""
+"""Model presets from TOML: the built-in `presets.toml`, optionally merged with a user's file.
+
+A preset names a model family and, per *role* of that family (`base`, `inpaint`, `refiner`, ...),
+where the weights come from: a hub repo id, a local diffusers folder, or a single-file checkpoint.
+Which roles a family reads, and what it can do with them, is the family's business
+(`underpaint.daemon.families`); this module only reads and checks the file.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
-ROLES = ("base", "inpaint", "instruct", "upscale_x4", "upscale_x2")
+
+TINY_PREFIX = "@tiny/"  # resolved by the model manager, which builds the tiny models on first use
+FULLSIZE_PREFIX = "@fullsize/"  # likewise for the full-size random SD 1.5 models (benchmarks)
+
+#: Preset keys that are settings, not roles.
+SETTINGS = ("family", "resolution", "builtin", "config", "variant", "trust_pickle", "controlnets")
+
+
+class ConfigError(ValueError):
+    """The presets file says something Underpaint cannot use; the message names the preset and key."""
 
 
 def data_home() -> Path:
@@ -20,27 +35,18 @@ def data_home() -> Path:
 
 @dataclass(frozen=True)
 class Preset:
-    """Where each role's weights come from; missing roles mean the op is unsupported."""
+    """Where each role's weights come from; a role that is missing means the ops that need it are
+    not offered."""
 
     name: str
     family: str
     resolution: int
     sources: dict[str, str]  # role -> hub id / folder / single file
     controlnets: dict[str, str] = field(default_factory=dict)
-    single_file_config: str | None = None
-
-    def ops(self) -> list[str]:
-        """Ops this preset can run (PROTOCOL.md section 8)."""
-        ops = []
-        if "base" in self.sources:
-            ops += ["txt2img", "sdedit", "inpaint"]
-            if self.controlnets:
-                ops.append("controlnet")
-        if "instruct" in self.sources and "base" in self.sources:
-            ops.append("instruct")
-        if "upscale_x4" in self.sources or "upscale_x2" in self.sources:
-            ops.append("upscale")
-        return ops
+    single_file_config: str | None = None  # diffusers config (folder or repo) for single files
+    variant: str | None = None  # e.g. "fp16": which weight files of a hub repo to fetch
+    trust_pickle: bool = False  # the user vouches for pickled .ckpt files of this preset
+    builtin: str | None = None  # "tiny" / "fullsize": built locally
 
 
 @dataclass(frozen=True)
@@ -59,56 +65,70 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(user_file: Path | None = None) -> Config:
-    """Read presets; `builtin = "tiny"` presets point at the locally built tiny models."""
+    """Read presets (the user's file merged over the built-in one) and check each against its family."""
     with BUILTIN_PRESETS.open("rb") as f:
         raw = tomllib.load(f)
     if user_file is not None:
         with Path(user_file).open("rb") as f:
             raw = _merge(raw, tomllib.load(f))
-    presets = {}
-    for name, entry in raw.get("presets", {}).items():
-        presets[name] = _preset(name, entry)
+    presets = {name: _preset(name, entry) for name, entry in raw.get("presets", {}).items()}
     default = raw.get("default", next(iter(presets), ""))
     if default not in presets:
-        raise ValueError(f"config: default preset {default!r} is not defined")
+        raise ConfigError(f"config: default preset {default!r} is not defined")
     return Config(default=default, presets=presets)
 
 
-TINY_PREFIX = "@tiny/"  # resolved by the model manager, which builds the tiny models on first use
-FULLSIZE_PREFIX = "@fullsize/"  # likewise for the full-size random SD 1.5 models (benchmarks)
-
-
 def _preset(name: str, entry: dict[str, Any]) -> Preset:
-    if entry.get("builtin") == "fullsize":
+    from .families import detect_family, family_class
+
+    if not isinstance(entry, dict):
+        raise ConfigError(f"preset {name!r} must be a table")
+    builtin = entry.get("builtin")
+    family_name = entry.get("family")
+    if builtin == "fullsize":
         return Preset(
             name,
-            entry.get("family", "sd15"),
+            "sd15",
             int(entry.get("resolution", 512)),
             {"base": FULLSIZE_PREFIX + "base"},
             {"canny": FULLSIZE_PREFIX + "controlnet-canny"},
+            builtin="fullsize",
         )
-    if entry.get("builtin") == "tiny":
-        sources = {
-            "base": "base",
-            "inpaint": "inpaint",
-            "instruct": "instruct",
-            "upscale_x4": "upscale-x4",
-            "upscale_x2": "upscale-latent-x2",
-        }
-        controlnets = {k: f"controlnet-{k}" for k in ("canny", "lineart", "scribble", "depth")}
+    if builtin == "tiny":
+        family = family_class(family_name or "sd15")
+        prefix = f"{TINY_PREFIX}{family.name}/"
         return Preset(
             name,
-            entry.get("family", "sd15"),
-            int(entry.get("resolution", 64)),
-            {role: TINY_PREFIX + path for role, path in sources.items()},
-            {k: TINY_PREFIX + v for k, v in controlnets.items()},
+            family.name,
+            int(entry.get("resolution", family.tiny_resolution)),
+            {role: prefix + folder for role, folder in family.tiny_sources.items()},
+            {kind: prefix + folder for kind, folder in family.tiny_controlnets.items()},
+            builtin="tiny",
         )
-    sources = {role: str(entry[role]) for role in ROLES if entry.get(role)}
+    if builtin is not None:
+        raise ConfigError(f"preset {name!r}: builtin is {builtin!r}, expected 'tiny' or 'fullsize'")
+    if not family_name:
+        if not entry.get("base"):
+            raise ConfigError(f"preset {name!r} names neither a family nor a base model")
+        family_name = detect_family(str(entry["base"]))
+    family = family_class(family_name)
+    unknown = sorted(set(entry) - set(SETTINGS) - set(family.roles))
+    if unknown:
+        raise ConfigError(
+            f"preset {name!r} ({family.name}): unknown keys {unknown}; this family reads the roles "
+            f"{sorted(family.roles)} and the settings {sorted(SETTINGS)}"
+        )
+    sources = {role: str(entry[role]) for role in family.roles if entry.get(role)}
+    missing = [role for role in family.required_roles if role not in sources]
+    if missing:
+        raise ConfigError(f"preset {name!r} ({family.name}) needs {missing}")
     return Preset(
         name=name,
-        family=str(entry.get("family", "sd15")),
-        resolution=int(entry.get("resolution", 512)),
+        family=family.name,
+        resolution=int(entry.get("resolution", family.default_resolution)),
         sources=sources,
         controlnets={k: str(v) for k, v in entry.get("controlnets", {}).items()},
         single_file_config=entry.get("config"),
+        variant=entry.get("variant"),
+        trust_pickle=bool(entry.get("trust_pickle", False)),
     )

@@ -3,7 +3,8 @@ them in the handshake (PROTOCOL.md section 8), so the spec a client sees is the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import ErrorCode, RequestError
@@ -31,7 +32,7 @@ class Param:
     """One parameter: its type, default, range and the doc shown to client authors."""
 
     name: str
-    type: str  # "int" | "float" | "str" | "bool" | "units"
+    type: str  # "int" | "float" | "str" | "bool" | "units" | "items" | "models"
     default: Any
     doc: str
     min: float | None = None
@@ -89,6 +90,8 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "bool": (bool,),
     "units": (list, tuple),
+    "items": (list, tuple),
+    "models": (list, tuple),
 }
 
 
@@ -121,6 +124,20 @@ class OpSpec:
             "params": {k: p.to_wire() for k, p in self.params.items()},
         }
 
+    def changed(
+        self,
+        add: Sequence[Param] = (),
+        drop: Sequence[str] = (),
+        defaults: dict[str, Any] | None = None,
+        doc: str | None = None,
+    ) -> OpSpec:
+        """A copy for one family: parameters added, dropped, or given other defaults."""
+        params = {name: p for name, p in self.params.items() if name not in drop}
+        for name, default in (defaults or {}).items():
+            params[name] = replace(params[name], default=default)
+        params.update({p.name: p for p in add})
+        return replace(self, params=params, doc=doc or self.doc)
+
     def validate(self, params: Any) -> dict[str, Any]:
         """Fill defaults and check every known param; unknown keys are ignored (forward compat)."""
         if not isinstance(params, dict):
@@ -133,10 +150,34 @@ class OpSpec:
                     raise RequestError(ErrorCode.MISSING_FIELD, f"{path} is required", path)
                 out[name] = spec.default
                 continue
-            out[name] = (
-                check_units(params[name], path) if spec.type == "units" else spec.check(params[name], path)
-            )
+            checker = LIST_CHECKS.get(spec.type)
+            out[name] = checker(params[name], path) if checker else spec.check(params[name], path)
         return out
+
+
+def _check_list(value: Any, path: str, kind: str, low: int, high: int, what: str) -> list[Any]:
+    value = _check_type(kind, value, path)
+    if not low <= len(value) <= high:
+        raise RequestError(
+            ErrorCode.OUT_OF_RANGE, f"{path} has {len(value)} {what}, expected {low} … {high}", path
+        )
+    return list(value)
+
+
+def _check_map(value: Any, path: str, fields: dict[str, Param]) -> dict[str, Any]:
+    """One map of a list parameter: every field checked, defaults filled in, unknown keys ignored."""
+    if not isinstance(value, dict):
+        raise RequestError(ErrorCode.INVALID_TYPE, f"{path} must be a map", path)
+    checked = {}
+    for name, spec in fields.items():
+        fpath = f"{path}.{name}"
+        if name not in value:
+            if spec.required:
+                raise RequestError(ErrorCode.MISSING_FIELD, f"{fpath} is required", fpath)
+            checked[name] = spec.default
+        else:
+            checked[name] = spec.check(value[name], fpath)
+    return checked
 
 
 UNIT_FIELDS = {
@@ -152,25 +193,10 @@ MAX_UNITS = 4
 
 def check_units(value: Any, path: str) -> list[dict[str, Any]]:
     """Validate ControlNet units (model names are checked later against the preset)."""
-    value = _check_type("units", value, path)
-    if not 1 <= len(value) <= MAX_UNITS:
-        raise RequestError(
-            ErrorCode.OUT_OF_RANGE, f"{path} has {len(value)} units, expected 1 … {MAX_UNITS}", path
-        )
     units = []
-    for i, unit in enumerate(value):
+    for i, unit in enumerate(_check_list(value, path, "units", 1, MAX_UNITS, "units")):
         upath = f"{path}.{i}"
-        if not isinstance(unit, dict):
-            raise RequestError(ErrorCode.INVALID_TYPE, f"{upath} must be a map", upath)
-        checked = {}
-        for name, spec in UNIT_FIELDS.items():
-            fpath = f"{upath}.{name}"
-            if name not in unit:
-                if spec.required:
-                    raise RequestError(ErrorCode.MISSING_FIELD, f"{fpath} is required", fpath)
-                checked[name] = spec.default
-            else:
-                checked[name] = spec.check(unit[name], fpath)
+        checked = _check_map(unit, upath, UNIT_FIELDS)
         if checked["end"] < checked["start"]:
             raise RequestError(
                 ErrorCode.OUT_OF_RANGE,
@@ -179,6 +205,47 @@ def check_units(value: Any, path: str) -> list[dict[str, Any]]:
             )
         units.append(checked)
     return units
+
+
+ITEM_FIELDS = {
+    "prompt": Param("prompt", "str", None, "a text to blend in", nullable=True),
+    "image": Param("image", "str", None, "key of `images` holding a picture to blend in", nullable=True),
+    "weight": Param("weight", "float", 1.0, "share of this item in the blend", 0.0, 10.0),
+}
+MAX_ITEMS = 8
+
+
+def check_items(value: Any, path: str) -> list[dict[str, Any]]:
+    """Validate `mix` items: each is a prompt or an image name, with a weight; not all weights 0."""
+    items = []
+    for i, item in enumerate(_check_list(value, path, "items", 2, MAX_ITEMS, "items")):
+        ipath = f"{path}.{i}"
+        checked = _check_map(item, ipath, ITEM_FIELDS)
+        if (checked["prompt"] is None) == (checked["image"] is None):
+            raise RequestError(
+                ErrorCode.INVALID_VALUE, f"{ipath} must have exactly one of prompt or image", ipath
+            )
+        items.append(checked)
+    if not any(item["weight"] > 0 for item in items):
+        raise RequestError(ErrorCode.INVALID_VALUE, f"{path}: at least one weight must be above 0", path)
+    return items
+
+
+MAX_COMPARED = 8
+
+
+def check_models(value: Any, path: str) -> list[str]:
+    """Validate `compare` preset names (their existence is checked against the config later)."""
+    names = _check_list(value, path, "models", 1, MAX_COMPARED, "models")
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise RequestError(ErrorCode.INVALID_TYPE, f"{path}.{i} must be str", f"{path}.{i}")
+    if len(set(names)) != len(names):
+        raise RequestError(ErrorCode.INVALID_VALUE, f"{path} names a preset twice", path)
+    return names
+
+
+LIST_CHECKS = {"units": check_units, "items": check_items, "models": check_models}
 
 
 def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
@@ -265,6 +332,41 @@ def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
             ],
         ),
         _op(
+            "variation",
+            "new pictures like the image (or the selection in it), from its CLIP image embedding",
+            {"image": ImageSlot(True, "the picture to vary"), "mask": mask},
+            common(prompt=False)[1:] + region,
+        ),
+        _op(
+            "depth",
+            "depth-to-image: re-paint the image keeping its depth (from the model's estimator, or `depth`)",
+            {
+                "image": image,
+                "mask": mask,
+                "depth": ImageSlot(
+                    False, "8-bit depth map (white = near), size of `image`; default: estimated"
+                ),
+            },
+            common() + region + [strength(0.8)],
+        ),
+        _op(
+            "mix",
+            "blend several prompts and pictures, with weights, into a new picture",
+            {},
+            common()[1:]
+            + size
+            + [Param("items", "items", None, "2 … 8 {prompt | image, weight} to blend", required=True)],
+        ),
+        _op(
+            "compare",
+            "run one op with the same parameters on several presets; one labelled result per preset",
+            {},
+            [
+                Param("op", "str", None, "the op every preset runs", required=True),
+                Param("models", "models", None, "1 … 8 preset names", required=True),
+            ],
+        ),
+        _op(
             "upscale",
             "diffusion upscaler (x4) or latent upscaler (x2)",
             {"image": ImageSlot(True, "the picture to upscale")},
@@ -275,7 +377,11 @@ def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
             ],
         ),
     ]
-    return {s.name: s for s in specs}
+    by_name = {s.name: s for s in specs}
+    inner = tuple(name for name in by_name if name != "compare")
+    compare = by_name["compare"]
+    by_name["compare"] = compare.changed(add=[replace(compare.params["op"], choices=inner)])
+    return by_name
 
 
 def _op(name: str, doc: str, images: dict[str, ImageSlot], params: list[Param]) -> OpSpec:

@@ -9,6 +9,7 @@ import torch
 
 from underpaint.daemon.config import load_config
 from underpaint.daemon.errors import RequestError
+from underpaint.daemon.families import family
 from underpaint.daemon.serving.models import ModelManager, module_bytes
 
 
@@ -84,7 +85,13 @@ def test_user_config_merges_over_the_builtin_presets(tmp_path: Path) -> None:
     loaded = load_config(config)
     assert loaded.default == "mine" and {"sd15", "tiny", "mine"} <= set(loaded.presets)
     mine = loaded.presets["mine"]
-    assert mine.resolution == 768 and mine.ops() == ["txt2img", "sdedit", "inpaint", "controlnet"]
+    assert mine.family == "sd15", "a family that cannot be detected (no weights here) is assumed sd15"
+    assert mine.resolution == 768 and family("sd15").ops(mine) == [
+        "txt2img",
+        "sdedit",
+        "inpaint",
+        "controlnet",
+    ]
     assert loaded.presets["sd15"].sources["inpaint"] == "stable-diffusion-v1-5/stable-diffusion-inpainting"
 
 

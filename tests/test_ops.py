@@ -14,7 +14,10 @@ FAST = {"steps": 4, "seed": 42}
 def test_handshake_describes_every_op_and_limit(client) -> None:
     welcome = client.hello("tests")
     assert welcome["type"] == "welcome" and welcome["protocol"] == 1
-    assert set(welcome["ops"]) == {"txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale"}
+    assert set(welcome["ops"]) == {
+        *("txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale"),
+        *("variation", "depth", "mix", "compare"),
+    }
     steps = welcome["ops"]["sdedit"]["params"]["steps"]
     assert (
         steps["type"] == "int" and steps["default"] == 30 and steps["max"] == welcome["limits"]["max_steps"]
@@ -26,6 +29,10 @@ def test_handshake_describes_every_op_and_limit(client) -> None:
     assert welcome["device"] == "cpu" and welcome["dtype"] == "float32"
     tiny = next(m for m in welcome["models"] if m["name"] == "tiny")
     assert tiny["resolution"] == 64 and "canny" in tiny["controlnets"]
+    assert tiny["family"] == "sd15" and tiny["title"] and len(tiny["about"]) > 100
+    assert tiny["ops"] == ["txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale"]
+    assert set(tiny["op_specs"]) == set(tiny["ops"])
+    assert tiny["op_specs"]["upscale"]["params"]["factor"]["choices"] == [4, 2]
 
 
 def test_txt2img_size_variations_and_seeds(client) -> None:

@@ -31,6 +31,7 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTokenizer
 
+from underpaint.daemon.builders import tiny as tiny_pkg
 from underpaint.daemon.builders.tiny import sd15 as tiny
 
 PROMPT = "a red fox, oil painting"
@@ -39,7 +40,7 @@ PROMPT = "a red fox, oil painting"
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One build per session; every test reads it."""
-    return tiny.build_tiny_models(tmp_path_factory.mktemp("tiny") / "models", seed=0)
+    return tiny_pkg.build_family("sd15", tmp_path_factory.mktemp("tiny") / "models", seed=0)
 
 
 def _quiet(pipe: Any) -> Any:
@@ -93,9 +94,7 @@ def test_layout_and_shared_parts(models: Path) -> None:
         for part in tiny.SHARED_PARTS:
             cmp = filecmp.dircmp(models / "base" / part, models / name / part)
             assert not (cmp.left_only or cmp.right_only), (name, part)
-            _, mismatch, errors = filecmp.cmpfiles(
-                cmp.left, cmp.right, cmp.common_files, shallow=False
-            )
+            _, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
             assert not mismatch and not errors, (name, part, mismatch)
 
 
@@ -114,44 +113,45 @@ def test_tokenizer_is_real_bpe_and_reloads(models: Path) -> None:
 
 
 def test_build_is_seeded(models: Path, tmp_path: Path) -> None:
-    again = tiny.build_tiny_models(tmp_path / "again", seed=0)
+    again = tiny_pkg.build_family("sd15", tmp_path / "again", seed=0)
     assert _hashes(again) == _hashes(models)
-    other = tiny.build_tiny_models(tmp_path / "other", seed=1)
+    other = tiny_pkg.build_family("sd15", tmp_path / "other", seed=1)
     unet = "base/unet/diffusion_pytorch_model.safetensors"
     assert _hashes(other)[unet] != _hashes(models)[unet]
 
 
 def test_progress_reports_each_component(tmp_path: Path) -> None:
     messages: list[str] = []
-    tiny.build_tiny_models(tmp_path / "m", progress=messages.append)
+    tiny.build(tmp_path / "m", progress=messages.append)
     assert len(messages) >= len(tiny.FOLDERS)
     assert any("controlnet-depth" in m for m in messages)
 
 
 def test_ensure_builds_once_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    final = tiny.ensure_tiny_models(tmp_path)
-    assert final == tmp_path / f"tiny-v{tiny.TINY_VERSION}"
+    final = tiny_pkg.ensure_tiny(tmp_path, "sd15")
+    assert final == tmp_path / f"tiny-v{tiny_pkg.TINY_VERSION}" / "sd15"
     assert (final / "base" / "model_index.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [final.name]
+    assert "sd15" in (final / "README.md").read_text()
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
 
     def fail(*_a: Any, **_k: Any) -> Path:
         raise AssertionError("must not rebuild")
 
-    monkeypatch.setattr(tiny, "build_tiny_models", fail)
-    assert tiny.ensure_tiny_models(tmp_path) == final
+    monkeypatch.setattr(tiny, "build", fail)
+    assert tiny_pkg.ensure_tiny(tmp_path, "sd15") == final
 
 
 def test_ensure_loses_race_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    final = tmp_path / f"tiny-v{tiny.TINY_VERSION}"
+    final = tmp_path / f"tiny-v{tiny_pkg.TINY_VERSION}" / "sd15"
 
     def rival_wins(dest: Path, *_a: Any, **_k: Any) -> Path:
         (final / "base").mkdir(parents=True)  # another process renamed first
         (dest / "base").mkdir()
         return dest
 
-    monkeypatch.setattr(tiny, "build_tiny_models", rival_wins)
-    assert tiny.ensure_tiny_models(tmp_path) == final
-    assert [p.name for p in tmp_path.iterdir()] == [final.name]
+    monkeypatch.setattr(tiny, "build", rival_wins)
+    assert tiny_pkg.ensure_tiny(tmp_path, "sd15") == final
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
 
 
 def test_base_text_to_image(base: StableDiffusionPipeline) -> None:
@@ -201,9 +201,7 @@ def test_controlnets(models: Path, base: StableDiffusionPipeline) -> None:
         controlnet = ControlNetModel.from_pretrained(models / f"controlnet-{kind}")
         pipe = _quiet(StableDiffusionControlNetPipeline(**base.components, controlnet=controlnet))
         outputs.append(
-            _run_twice(
-                pipe, prompt=PROMPT, image=control, height=64, width=64, num_inference_steps=2
-            )
+            _run_twice(pipe, prompt=PROMPT, image=control, height=64, width=64, num_inference_steps=2)
         )
         assert outputs[-1].shape == (1, 64, 64, 3)
     # Differently seeded, non-zero control convs: each ControlNet steers differently.
@@ -238,9 +236,7 @@ def test_upscale_x4(models: Path) -> None:
 
 
 def test_upscale_latent_x2(models: Path) -> None:
-    pipe = _quiet(
-        StableDiffusionLatentUpscalePipeline.from_pretrained(models / "upscale-latent-x2")
-    )
+    pipe = _quiet(StableDiffusionLatentUpscalePipeline.from_pretrained(models / "upscale-latent-x2"))
     img = _run_twice(pipe, prompt=PROMPT, image=_image(128), num_inference_steps=2)
     assert img.shape == (1, 256, 256, 3)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import build_once
-from .tiny.sd15 import _bytes_to_unicode, _manual_seed, _no_safety, controlnet_from_unet, sd_scheduler
+from .tiny.common import bytes_to_unicode, controlnet_from_unet, manual_seed, no_safety, sd_scheduler
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
@@ -64,7 +64,7 @@ def clip_vocab_and_merges(bpe_path: Path | None = None) -> tuple[dict[str, int],
     lines = gzip.open(bpe_path or clip_bpe_path()).read().decode("utf-8").split("\n")
     # line 0 is a version header; CLIP keeps the first 49152 - 256 - 2 merges
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     tokens += ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -103,14 +103,14 @@ def make_text_encoder(seed: int) -> CLIPTextModel:
         eos_token_id=2,
         pad_token_id=1,
     )
-    _manual_seed(seed, "fullsize/text_encoder")
+    manual_seed(seed, "fullsize/text_encoder")
     return CLIPTextModel(config).eval()
 
 
 def make_vae(seed: int) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
-    _manual_seed(seed, "fullsize/vae")
+    manual_seed(seed, "fullsize/vae")
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -129,7 +129,7 @@ def make_vae(seed: int) -> AutoencoderKL:
 def make_unet(seed: int) -> UNet2DConditionModel:
     from diffusers import UNet2DConditionModel
 
-    _manual_seed(seed, "fullsize/unet")
+    manual_seed(seed, "fullsize/unet")
     return UNet2DConditionModel(
         sample_size=NATIVE_RESOLUTION // 8,
         in_channels=4,
@@ -187,7 +187,7 @@ def build_fullsize_models(dest: Path, seed: int = 0, progress: Progress | None =
     del controlnet
     for name in ("text_encoder", "vae", "unet"):
         parts[name] = parts[name].half()
-    pipe = StableDiffusionPipeline(**parts, scheduler=sd_scheduler(), **_no_safety())
+    pipe = StableDiffusionPipeline(**parts, scheduler=sd_scheduler(), **no_safety())
     pipe.save_pretrained(dest / "base")
     readme = _README.format(version=FULLSIZE_VERSION, seed=seed, folders=", ".join(FOLDERS))
     (dest / "README.md").write_text(readme, encoding="utf-8")

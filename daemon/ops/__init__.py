@@ -1,11 +1,13 @@
-"""One module per op. Each has `check(req)` (validation that needs the images or the preset, run
-before the job is accepted) and `run(req, models, steps, preprocessors=...)` returning patches."""
+"""One module per op, none of which cares which model family runs it. Each has `check(req, limits)`
+(validation that needs the images or the preset, run before the job is accepted) and `run(gen)`: crop
+to the selection, call the preset's family (`families.base.Family`), return pasteable patches.
+`compare` runs another op on several presets."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import controlnet, inpaint, instruct, sdedit, txt2img, upscale
+from . import controlnet, depth, inpaint, instruct, mix, sdedit, txt2img, upscale, variation
 
 OPS: dict[str, ModuleType] = {
     "txt2img": txt2img,
@@ -13,5 +15,8 @@ OPS: dict[str, ModuleType] = {
     "inpaint": inpaint,
     "controlnet": controlnet,
     "instruct": instruct,
+    "variation": variation,
+    "depth": depth,
+    "mix": mix,
     "upscale": upscale,
 }

@@ -4,29 +4,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from PIL import Image
 
 from ..errors import ErrorCode, RequestError
+from ..families.base import Generation
 from ..params import Limits
-from ..preprocessors import PREPROCESSORS, Preprocessors
-from ..serving.models import ModelManager
-from .common import (
-    OpRequest,
-    Patch,
-    StepReporter,
-    Workspace,
-    check_mask,
-    check_same_size,
-    check_strength,
-    full_size,
-    prepare_pipe,
-    run_in_workspace,
-    seeds_for,
-    text_args,
-    whole,
-)
+from ..preprocessors import PREPROCESSORS
+from ..request import OpRequest
+from .common import Patch, check_mask, check_same_size, check_strength, family_of, full_size, whole, workspace
 
 
 def check(req: OpRequest, limits: Limits) -> None:
@@ -63,63 +49,24 @@ def check(req: OpRequest, limits: Limits) -> None:
         check_same_size(req, unit["image"])
 
 
-def _kind(req: OpRequest) -> str:
-    if "image" not in req.images:
-        return "controlnet"
-    return "controlnet_inpaint" if "mask" in req.images else "controlnet_img2img"
+def run(gen: Generation) -> list[Patch]:
+    req, units = gen.req, gen.params["units"]
+    assert gen.preprocessors is not None
 
-
-def _unit_args(units: list[dict[str, Any]]) -> dict[str, Any]:
-    """Single units take scalars, several take lists (diffusers' MultiControlNet convention)."""
-    return {
-        "controlnet_conditioning_scale": _pick([u["scale"] for u in units]),
-        "control_guidance_start": _pick([u["start"] for u in units]),
-        "control_guidance_end": _pick([u["end"] for u in units]),
-    }
-
-
-def _pick(values: list[Any]) -> Any:
-    return values[0] if len(values) == 1 else values
-
-
-def run(
-    req: OpRequest,
-    models: ModelManager,
-    steps: StepReporter,
-    preprocessors: Preprocessors,
-    **_: object,
-) -> list[Patch]:
-    params, units = req.params, req.params["units"]
-    nets = [u["model"] for u in units]
-
-    def control_maps(fit: Callable[[Image.Image], Image.Image]) -> Any:
+    def control_maps(fit: Callable[[Image.Image], Image.Image]) -> list[Image.Image]:
         """Each unit's source fitted to the working size, then preprocessed."""
-        return _pick(
-            [
-                preprocessors.apply(u["preprocessor"], fit(req.images[u["image"]]), params["seed"])
-                for u in units
-            ]
-        )
+        return [
+            gen.preprocessors.apply(u["preprocessor"], fit(req.images[u["image"]]), gen.params["seed"])
+            for u in units
+        ]
 
+    family = family_of(gen)
     if "image" not in req.images:
-        seeds = seeds_for(params)
         size = full_size(req)
-        pipe = prepare_pipe(models.view(req.preset, "controlnet", nets), params)
-        out = pipe(
-            **text_args(params, seeds),
-            image=control_maps(lambda img: img.resize(size)),
-            width=size[0],
-            height=size[1],
-            **_unit_args(units),
-            **steps.on_step_end(),
-        )
-        return whole(out.images, seeds)
-
-    def call(ws: Workspace) -> dict[str, Any]:
-        args = {"control_image": control_maps(ws.crop), "strength": params["strength"], **_unit_args(units)}
-        if ws.work_mask is not None:
-            args |= {"mask_image": ws.work_mask, "width": ws.image.width, "height": ws.image.height}
-        return args
-
-    kind = "controlnet_inpaint" if "mask" in req.images else "controlnet_img2img"
-    return run_in_workspace(req, models, steps, kind, call, controlnets=nets)
+        gen.seeds  # noqa: B018 - the seed is drawn before the preprocessors use it
+        images = family.controlnet(gen, units, control_maps(lambda img: img.resize(size)), size)
+        return whole(images, gen.seeds)
+    ws = workspace(req)
+    maps = control_maps(ws.crop)
+    images = family.controlnet(gen, units, maps, ws.image.size, image=ws.image, mask=ws.work_mask)
+    return ws.patches(images, gen.seeds, gen.params["feather"])

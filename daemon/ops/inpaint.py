@@ -1,21 +1,11 @@
-"""inpaint: repaint the masked area, with the preset's inpainting UNet when it has one."""
+"""inpaint: repaint the masked area, with the preset's inpainting model when it has one."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..families.base import Generation
 from ..params import Limits
-from ..serving.models import ModelManager
-from .common import (
-    OpRequest,
-    Patch,
-    StepReporter,
-    Workspace,
-    check_mask,
-    check_strength,
-    require_image,
-    run_in_workspace,
-)
+from ..request import OpRequest
+from .common import Patch, check_mask, check_strength, family_of, require_image, workspace
 
 
 def check(req: OpRequest, limits: Limits) -> None:
@@ -25,14 +15,8 @@ def check(req: OpRequest, limits: Limits) -> None:
     check_strength(req)
 
 
-def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
-    def args(ws: Workspace) -> dict[str, Any]:
-        # Without width/height the pipeline would work at the model's native size, not the crop's.
-        return {
-            "mask_image": ws.work_mask,
-            "width": ws.image.width,
-            "height": ws.image.height,
-            "strength": req.params["strength"],
-        }
-
-    return run_in_workspace(req, models, steps, "inpaint", args)
+def run(gen: Generation) -> list[Patch]:
+    ws = workspace(gen.req)
+    assert ws.work_mask is not None
+    images = family_of(gen).inpaint(gen, ws.image, ws.work_mask, gen.params["strength"])
+    return ws.patches(images, gen.seeds, gen.params["feather"])

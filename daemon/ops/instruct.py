@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..errors import ErrorCode, RequestError
+from ..families.base import Generation
 from ..params import Limits
-from ..serving.models import ModelManager
-from .common import OpRequest, Patch, StepReporter, check_mask, require_image, run_in_workspace
+from ..request import OpRequest
+from .common import Patch, check_mask, family_of, require_image, workspace
 
 
 def check(req: OpRequest, limits: Limits) -> None:
@@ -17,12 +18,6 @@ def check(req: OpRequest, limits: Limits) -> None:
         )
 
 
-def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
-    return run_in_workspace(
-        req,
-        models,
-        steps,
-        "instruct",
-        lambda ws: {"image_guidance_scale": req.params["image_guidance_scale"]},
-        text={"prompt": req.params["instruction"]},
-    )
+def run(gen: Generation) -> list[Patch]:
+    ws = workspace(gen.req)
+    return ws.patches(family_of(gen).instruct(gen, ws.image), gen.seeds, gen.params["feather"])

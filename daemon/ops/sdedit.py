@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
+from ..families.base import Generation
 from ..params import Limits
-from ..serving.models import ModelManager
-from .common import (
-    OpRequest,
-    Patch,
-    StepReporter,
-    check_mask,
-    check_strength,
-    require_image,
-    run_in_workspace,
-)
+from ..request import OpRequest
+from .common import Patch, check_mask, check_strength, family_of, require_image, workspace
 
 
 def check(req: OpRequest, limits: Limits) -> None:
@@ -21,5 +14,7 @@ def check(req: OpRequest, limits: Limits) -> None:
     check_strength(req)
 
 
-def run(req: OpRequest, models: ModelManager, steps: StepReporter, **_: object) -> list[Patch]:
-    return run_in_workspace(req, models, steps, "img2img", lambda ws: {"strength": req.params["strength"]})
+def run(gen: Generation) -> list[Patch]:
+    ws = workspace(gen.req)
+    images = family_of(gen).img2img(gen, ws.image, gen.params["strength"])
+    return ws.patches(images, gen.seeds, gen.params["feather"])

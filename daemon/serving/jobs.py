@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops.common import OpRequest
+from ..request import OpRequest
 
 _ids = itertools.count(1)
 

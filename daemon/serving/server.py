@@ -17,10 +17,11 @@ from ...protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, attach_fr
 from .. import __version__, preprocessors
 from ..errors import ErrorCode, RequestError
 from ..images import decode_image
-from ..ops import OPS
-from ..ops.common import OpRequest
-from ..params import Limits, build_op_specs
+from ..ops import OPS, compare
+from ..params import Limits
+from ..request import OpRequest
 from ..schedulers import SCHEDULER_NAMES
+from .catalog import META_OPS, Catalog
 from .jobs import FairQueue, Job
 from .models import ModelManager
 from .worker import EVENTS_ENDPOINT, Worker
@@ -33,7 +34,7 @@ class Server:
         self.endpoint = endpoint
         self.models = models
         self.limits = limits or Limits()
-        self.specs = build_op_specs(self.limits, SCHEDULER_NAMES)
+        self.catalog = Catalog(models.config, self.limits, SCHEDULER_NAMES)
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -46,6 +47,7 @@ class Server:
         self.jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
         self.worker = Worker(self.queue, models, self.context, self._job_done)
+        self.all_ops = [*OPS, *META_OPS]
         self.handlers = {
             "hello": self.on_hello,
             "submit": self.on_submit,
@@ -183,8 +185,8 @@ class Server:
             "device": str(self.models.device),
             "dtype": str(self.models.dtype).removeprefix("torch."),
             "default_model": self.models.config.default,
-            "models": self.models.describe(),
-            "ops": {name: spec.to_wire() for name, spec in self.specs.items()},
+            "models": self._describe_presets(),
+            "ops": {name: spec.to_wire() for name, spec in self.catalog.common.items()},
             "preprocessors": preprocessors.describe(),
             "schedulers": SCHEDULER_NAMES,
             "limits": self.limits.to_wire(),
@@ -193,36 +195,41 @@ class Server:
 
     def on_submit(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any]:
         op = _field(msg, "op", str, required=True)
-        if op not in OPS:
-            raise RequestError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not one of {list(OPS)}", "op")
+        if op not in self.all_ops:
+            raise RequestError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not one of {self.all_ops}", "op")
         preset = self.models.preset(_field(msg, "model", str))
-        if op not in preset.ops():
-            raise RequestError(
-                ErrorCode.UNSUPPORTED_OP,
-                f"model {preset.name!r} cannot run {op}; it runs {preset.ops()}",
-                "op",
-            )
-        params = self.specs[op].validate(msg.get("params", {}))
-        images = self._decode_images(op, params, _field(msg, "images", dict) or {})
+        raw_params = msg.get("params", {})
+        params = self.catalog.validate(preset, op, raw_params)
+        raw_images = _field(msg, "images", dict) or {}
         preview = _field(msg, "preview", bool) or False
-        request = OpRequest(op, preset, params, images)
-        OPS[op].check(request, self.limits)
+
+        def decode(inner_op: str, inner_params: dict[str, Any]) -> dict[str, Any]:
+            return self._decode_images(inner_op, inner_params, raw_images)
+
+        if op == "compare":
+            request: OpRequest = compare.prepare(
+                params, raw_params, self.catalog, self.models, decode, self.limits, OPS
+            )
+        else:
+            request = OpRequest(op, preset, params, decode(op, params))
+            OPS[op].check(request, self.limits)
         if self.queue.count(identity) >= self.limits.max_queued_per_client:
             raise RequestError(
                 ErrorCode.QUEUE_FULL, f"you already have {self.limits.max_queued_per_client} jobs queued"
             )
-        job = Job(identity, "op", request, preset.name, op, msg.get("id"), preview)
+        job = Job(identity, "op", request, request.preset.name, op, msg.get("id"), preview)
         job.frames = _field(msg, "frames", bool) or False
         with self._jobs_lock:
             self.jobs[job.id] = job
         position = self.queue.put(job)
-        log.info("job %s: %s on %s accepted at position %d", job.id, op, preset.name, position)
+        log.info("job %s: %s on %s accepted at position %d", job.id, op, request.preset.name, position)
         return {"type": "accepted", "job": job.id, "position": position}
 
     def _decode_images(self, op: str, params: dict[str, Any], raw: dict[str, Any]) -> dict:
-        """Decode the image slots the op knows and the control images its units name."""
-        names = set(self.specs[op].images)
+        """Decode the image slots the op knows and the images its units or items name."""
+        names = set(self.catalog.common[op].images)
         names.update(u["image"] for u in params.get("units") or [])
+        names.update(i["image"] for i in params.get("items") or [] if i["image"] is not None)
         return {
             name: decode_image(raw[name], f"images.{name}", self.limits.max_pixels)
             for name in sorted(names)
@@ -273,9 +280,14 @@ class Server:
         return {
             "type": "models",
             "default": self.models.config.default,
-            "presets": self.models.describe(),
+            "presets": self._describe_presets(),
             "memory": {"budget_bytes": self.models.budget_bytes, "used_bytes": self.models.used_bytes()},
         }
+
+    def _describe_presets(self) -> list[dict[str, Any]]:
+        return [
+            self.catalog.describe(p, self.models.loaded_roles(p)) for p in self.models.config.presets.values()
+        ]
 
     def on_load(self, identity: bytes, msg: dict[str, Any]) -> None:
         return self._queue_admin(identity, msg, "load")
@@ -290,8 +302,7 @@ class Server:
         if kind == "load":
             if op not in OPS:
                 raise RequestError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not one of {list(OPS)}", "op")
-            if op not in preset.ops():
-                raise RequestError(ErrorCode.UNSUPPORTED_OP, f"model {preset.name!r} cannot run {op}", "op")
+            self.catalog.spec(preset, op)  # unsupported_op, naming the presets that can
         self.queue.put(Job(identity, kind, None, preset.name, op, msg.get("id")))
         return None
 

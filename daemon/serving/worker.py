@@ -18,10 +18,13 @@ import zmq
 from ...protocol.messages import pack, split_frames
 from ..device import is_out_of_memory
 from ..errors import ErrorCode, RequestError
+from ..families import family
+from ..families.base import Generation
 from ..images import encode_image
-from ..ops import OPS
-from ..ops.common import JobCancelled, Patch, StepReporter
+from ..ops import OPS, compare
+from ..ops.common import Patch
 from ..preprocessors import Preprocessors
+from ..progress import JobCancelled, StepReporter
 from .jobs import FairQueue, Job
 from .models import ModelManager
 
@@ -94,7 +97,8 @@ class Worker(threading.Thread):
         t0 = time.perf_counter()
         try:
             preset = self.models.preset(job.model)
-            self.models.view(preset, _LOAD_KINDS.get(job.op, "txt2img"))
+            for kind, extras in family(preset.family).warm(preset, job.op):
+                self.models.view(preset, kind, extras)
         except RequestError as exc:
             return _reply(job, **exc.to_message())
         seconds = time.perf_counter() - t0
@@ -118,7 +122,7 @@ class Worker(threading.Thread):
 
         load_before = self.models.load_seconds
         try:
-            patches = self._run_with_retry(job, sink)
+            patches, extra = self._run_with_retry(job, sink)
             if job.cancel_requested.is_set():
                 raise JobCancelled()
         except JobCancelled:
@@ -134,7 +138,7 @@ class Worker(threading.Thread):
             return job.envelope("error", code=code, message=message)
         ran = time.monotonic()
         fmt = req.params.get("output_format", "raw")
-        images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed) for p in patches]
+        images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed, **p.labels) for p in patches]
         finished = time.monotonic()
         load = self.models.load_seconds - load_before
         timings = {
@@ -152,26 +156,27 @@ class Worker(threading.Thread):
             seed=patches[0].seed,
             params=req.params,
             timings=timings,
+            **extra,
         )
 
-    def _run_with_retry(self, job: Job, sink: Callable[..., None]) -> list[Patch]:
-        """Run the op; after running out of device memory, free other presets and try once more."""
+    def _run_with_retry(self, job: Job, sink: Callable[..., None]) -> tuple[list[Patch], dict[str, Any]]:
+        """Run the op; after running out of device memory, free other presets and try once more.
+        Returns the patches and the extra fields of the result event."""
         req = job.request
         assert req is not None
         for attempt in (1, 2):
             steps = StepReporter(sink, job.cancel_requested.is_set, job.preview)
+            gen = Generation(req, self.models, steps, self.preprocessors)
             try:
-                return OPS[req.op].run(req, self.models, steps, preprocessors=self.preprocessors)
+                if req.op == "compare":
+                    return compare.run(gen, OPS), gen.extra
+                return OPS[req.op].run(gen), gen.extra
             except Exception as exc:
                 if attempt == 2 or not is_out_of_memory(exc):
                     raise
                 log.warning("job %s ran out of memory; unloading other models and retrying", job.id)
                 self.models.unload_others(req.preset.name)
         raise AssertionError("unreachable")
-
-
-# What `load` warms for an op: the shared base for SD-1.x ops, the upscalers themselves.
-_LOAD_KINDS = {"inpaint": "inpaint", "instruct": "instruct", "upscale": "upscale_x4"}
 
 
 def _reply(job: Job, type: str, **fields: Any) -> dict[str, Any]:

@@ -1,0 +1,263 @@
+"""What a model family is to Underpaint: how its components load, which ops it offers, and how each
+op drives its diffusers pipelines.
+
+The ops (`underpaint.daemon.ops`) do not care which family runs them: they validate, crop to the
+selection, call one method of the preset's family with a `Generation`, and paste the pictures back.
+A family module (one per family, as diffusers keeps one folder per pipeline family) fills in those
+methods with its pipelines. Adding a family newer than the tour (SD3, Flux, ...) is one more module
+and one line in `families/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from PIL import Image
+
+from ..config import Preset
+from ..errors import ErrorCode, RequestError
+from ..params import OpSpec
+from ..progress import StepReporter
+from ..request import OpRequest, generators, seeds_for
+from ..schedulers import fresh_scheduler
+
+if TYPE_CHECKING:
+    from ..preprocessors import Preprocessors
+    from ..serving.models import ModelManager
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+# -- loading ------------------------------------------------------------------------------------------
+def is_single_file(source: str) -> bool:
+    return source.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def check_pickle(preset: Preset, source: str) -> None:
+    """Pickled checkpoints can run code when loaded: only with the user's explicit word for it."""
+    if source.lower().endswith(PICKLE_SUFFIXES) and not preset.trust_pickle:
+        raise RequestError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"model {preset.name!r}: {source!r} is a pickled checkpoint, which can run code when "
+            "loaded; convert it to .safetensors, or set `trust_pickle = true` in this preset if you "
+            "trust where the file came from",
+            "model",
+        )
+
+
+def pretrained_kwargs(preset: Preset, dtype: torch.dtype) -> dict[str, Any]:
+    """Keyword arguments of every `from_pretrained` call for this preset."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if preset.variant:
+        kwargs["variant"] = preset.variant
+    return kwargs
+
+
+def single_file_kwargs(preset: Preset, dtype: torch.dtype) -> dict[str, Any]:
+    """Keyword arguments of every `from_single_file` call: the configs folder makes it work offline."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if preset.single_file_config:
+        kwargs["config"] = preset.single_file_config
+    return kwargs
+
+
+def load_pipeline(cls: Any, preset: Preset, source: str, dtype: torch.dtype, **kwargs: Any) -> Any:
+    """A whole pipeline from a folder, a hub id or (where the class can) a single file."""
+    if is_single_file(source):
+        check_pickle(preset, source)
+        if not hasattr(cls, "from_single_file"):
+            raise RequestError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"model {preset.name!r}: {cls.__name__} loads from diffusers folders or hub ids only, "
+                f"not from the single file {source!r}",
+                "model",
+            )
+        pipe = cls.from_single_file(source, **single_file_kwargs(preset, dtype), **kwargs)
+    else:
+        pipe = cls.from_pretrained(source, **pretrained_kwargs(preset, dtype), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_model(
+    cls: Any,
+    preset: Preset,
+    source: str,
+    dtype: torch.dtype,
+    subfolder: str | None = None,
+    single_file_pipeline: Any = None,
+) -> Any:
+    """One model (a UNet, a ControlNet...) of a folder; from a single file through the pipeline class
+    that knows its layout (`single_file_pipeline`), keeping only the `subfolder` part."""
+    if is_single_file(source):
+        check_pickle(preset, source)
+        if single_file_pipeline is None:
+            return cls.from_single_file(source, **single_file_kwargs(preset, dtype))
+        pipe = single_file_pipeline.from_single_file(source, **single_file_kwargs(preset, dtype))
+        return getattr(pipe, subfolder or "unet")
+    extra = {"subfolder": subfolder} if subfolder else {}
+    return cls.from_pretrained(source, **pretrained_kwargs(preset, dtype), **extra)
+
+
+# -- one job's run --------------------------------------------------------------------------------------
+@dataclass
+class Generation:
+    """What a family method gets for one job: the request, the warm models, progress, and seeds."""
+
+    req: OpRequest
+    models: ModelManager
+    steps: StepReporter
+    preprocessors: Preprocessors | None = None
+    seeds: list[int] = field(init=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields the op adds to the `result` event
+
+    def __post_init__(self) -> None:
+        self.seeds = seeds_for(self.req.params)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.req.params
+
+    @property
+    def preset(self) -> Preset:
+        return self.req.preset
+
+    def view(self, kind: str, extras: Sequence[str] = ()) -> Any:
+        """A pipeline of `kind` over the preset's shared, warm components."""
+        return self.models.view(self.preset, kind, extras)
+
+    def generators(self) -> list[torch.Generator]:
+        return generators(self.seeds)
+
+    def schedule(self, pipe: Any, attr: str = "scheduler", named: bool = True, space: str = "sd") -> Any:
+        """Give `pipe` this job's own fresh scheduler (in `attr`), watched for progress, previews and
+        cancel. It starts from the model's own scheduler, never from what an earlier job chose; with
+        `named`, the job's `scheduler` parameter replaces it. Returns `pipe`."""
+        default = _default_scheduler(pipe, attr)
+        name = self.params.get("scheduler", "") if named else ""
+        setattr(pipe, attr, self.steps.watch(fresh_scheduler(name, default), pipe, space))
+        return pipe
+
+    def sd_text(self, prompt: str | None = None) -> dict[str, Any]:
+        """The arguments Stable-Diffusion-style pipelines share."""
+        params = self.params
+        return {
+            "prompt": params.get("prompt", "") if prompt is None else prompt,
+            "negative_prompt": params.get("negative_prompt") or None,
+            "num_inference_steps": params["steps"],
+            "guidance_scale": params["guidance_scale"],
+            "num_images_per_prompt": len(self.seeds),
+            "generator": self.generators(),
+            "output_type": "pil",
+        }
+
+
+def _default_scheduler(pipe: Any, attr: str) -> Any:
+    """The scheduler the view was built with, remembered the first time a job replaces it."""
+    key = f"_underpaint_default_{attr}"
+    if key not in pipe.__dict__:
+        pipe.__dict__[key] = getattr(pipe, attr)
+    return pipe.__dict__[key]
+
+
+# -- the family interface --------------------------------------------------------------------------------
+class Family:
+    """One model family. Subclasses set the class attributes and implement the ops they offer."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # e.g. "Stable Diffusion 1.x"
+    about: ClassVar[str] = ""  # how it works, what it is good and bad at: what a painter needs to choose
+    roles: ClassVar[dict[str, str]] = {}  # preset key -> what it holds
+    required_roles: ClassVar[tuple[str, ...]] = ("base",)
+    default_resolution: ClassVar[int] = 512
+    preview_space: ClassVar[str] = "sd"  # see progress.preview_image
+    # tiny-<family> presets: role -> folder of builders.tiny.<family>, ControlNet kind -> folder
+    tiny_sources: ClassVar[dict[str, str]] = {}
+    tiny_controlnets: ClassVar[dict[str, str]] = {}
+    tiny_resolution: ClassVar[int] = 64
+
+    # -- what the preset offers -------------------------------------------------------------------
+    def ops(self, preset: Preset) -> list[str]:
+        """The ops this preset can run, in the order editors should offer them."""
+        raise NotImplementedError
+
+    def op_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
+        """The exact spec of `op` for this preset: the common spec, with this family's own parameters
+        added and the ones it cannot take removed."""
+        return spec
+
+    def describe(self, preset: Preset) -> dict[str, Any]:
+        """Extra fields of the preset's `models` entry."""
+        return {}
+
+    # -- components and views ---------------------------------------------------------------------
+    def load(self, models: ModelManager, preset: Preset, role: str, source: str) -> Any:
+        """Load one role's component (on the worker thread); `models.dtype` is the weights' dtype."""
+        raise NotImplementedError
+
+    def needs(self, preset: Preset, kind: str, extras: Sequence[str]) -> list[str]:
+        """The roles a view of `kind` is built from."""
+        raise NotImplementedError
+
+    def build_view(self, preset: Preset, kind: str, parts: dict[str, Any], extras: Sequence[str]) -> Any:
+        """A pipeline of `kind` assembled from loaded components (`parts`: role -> object)."""
+        raise NotImplementedError
+
+    def warm(self, preset: Preset, op: str) -> list[tuple[str, tuple[str, ...]]]:
+        """The views `load` builds for `op`: (kind, extras) pairs."""
+        return [("txt2img", ())]
+
+    # -- ops: each returns one picture per seed, at the working size ------------------------------
+    def txt2img(self, gen: Generation, width: int, height: int) -> list[Image.Image]:
+        raise self._unsupported(gen, "txt2img")
+
+    def img2img(self, gen: Generation, image: Image.Image, strength: float) -> list[Image.Image]:
+        raise self._unsupported(gen, "sdedit")
+
+    def inpaint(
+        self, gen: Generation, image: Image.Image, mask: Image.Image, strength: float
+    ) -> list[Image.Image]:
+        raise self._unsupported(gen, "inpaint")
+
+    def controlnet(
+        self,
+        gen: Generation,
+        units: list[dict[str, Any]],
+        maps: list[Image.Image],
+        size: tuple[int, int],
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> list[Image.Image]:
+        """`maps`: one control map per unit, at `size` (the working size); with `image` (and `mask`):
+        ControlNet img2img (inpainting) at `params.strength`."""
+        raise self._unsupported(gen, "controlnet")
+
+    def instruct(self, gen: Generation, image: Image.Image) -> list[Image.Image]:
+        raise self._unsupported(gen, "instruct")
+
+    def upscale(self, gen: Generation, image: Image.Image, factor: int) -> list[Image.Image]:
+        """Pictures of any size near `factor` x the input (the op scales them to exactly that)."""
+        raise self._unsupported(gen, "upscale")
+
+    def variation(self, gen: Generation, image: Image.Image) -> list[Image.Image]:
+        raise self._unsupported(gen, "variation")
+
+    def depth(
+        self, gen: Generation, image: Image.Image, depth: Image.Image | None, strength: float
+    ) -> list[Image.Image]:
+        raise self._unsupported(gen, "depth")
+
+    def mix(
+        self, gen: Generation, items: list[tuple[str | Image.Image, float]], size: tuple[int, int]
+    ) -> list[Image.Image]:
+        """`items`: (prompt or picture, weight) pairs to blend."""
+        raise self._unsupported(gen, "mix")
+
+    def _unsupported(self, gen: Generation, op: str) -> RequestError:
+        return RequestError(
+            ErrorCode.UNSUPPORTED_OP, f"model {gen.preset.name!r} ({self.name}) cannot run {op}", "op"
+        )

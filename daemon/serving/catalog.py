@@ -1,0 +1,82 @@
+"""What each preset offers, computed once at start from its family: the exact spec of every op it can
+run (the spec clients see is the one requests are validated with), and its `models` entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config, Preset
+from ..errors import ErrorCode, RequestError
+from ..families import family
+from ..params import Limits, OpSpec, build_op_specs
+
+#: Ops that are not something one preset does, but run others (offered whatever the presets are).
+META_OPS = ("compare",)
+
+
+class Catalog:
+    def __init__(self, config: Config, limits: Limits, schedulers: list[str]) -> None:
+        self.config = config
+        self.common = build_op_specs(limits, schedulers)  # every op with its common parameters
+        self.specs: dict[str, dict[str, OpSpec]] = {}
+        for preset in config.presets.values():
+            fam = family(preset.family)
+            self.specs[preset.name] = {op: fam.op_spec(op, self.common[op], preset) for op in fam.ops(preset)}
+        # Parameter names some preset takes for an op: sending one to a preset that does not take
+        # it is refused (a silently ignored parameter would be a silent surprise).
+        self._somewhere: dict[str, set[str]] = {op: set(spec.params) for op, spec in self.common.items()}
+        for specs in self.specs.values():
+            for op, spec in specs.items():
+                self._somewhere[op] |= set(spec.params)
+
+    def presets_for(self, op: str) -> list[str]:
+        return [name for name, specs in self.specs.items() if op in specs]
+
+    def spec(self, preset: Preset, op: str) -> OpSpec:
+        """The preset's spec of `op`; `unsupported_op` naming the presets that can run it."""
+        if op in META_OPS:
+            return self.common[op]
+        spec = self.specs[preset.name].get(op)
+        if spec is None:
+            fam = family(preset.family)
+            raise RequestError(
+                ErrorCode.UNSUPPORTED_OP,
+                f"model {preset.name!r} ({fam.title}) cannot run {op}; it runs "
+                f"{list(self.specs[preset.name])}. Presets that run {op}: {self.presets_for(op) or 'none'}",
+                "op",
+            )
+        return spec
+
+    def validate(self, preset: Preset, op: str, params: Any) -> dict[str, Any]:
+        """The op's params for this preset, defaults filled in. A parameter that other presets take
+        for this op but this one does not is an `invalid_value`; names nobody knows are ignored
+        (forward compatibility)."""
+        spec = self.spec(preset, op)
+        checked = spec.validate(params)
+        if op not in META_OPS:
+            foreign = sorted((set(params) & self._somewhere[op]) - set(spec.params))
+            if foreign:
+                raise RequestError(
+                    ErrorCode.INVALID_VALUE,
+                    f"model {preset.name!r} ({family(preset.family).title}) does not take "
+                    f"{', '.join('params.' + name for name in foreign)} for {op}",
+                    f"params.{foreign[0]}",
+                )
+        return checked
+
+    def describe(self, preset: Preset, loaded: list[str]) -> dict[str, Any]:
+        """The preset's entry of `welcome.models` / `models.presets` (PROTOCOL.md 6.7)."""
+        fam = family(preset.family)
+        specs = self.specs[preset.name]
+        return {
+            "name": preset.name,
+            "family": fam.name,
+            "title": fam.title,
+            "about": fam.about,
+            "resolution": preset.resolution,
+            "ops": list(specs),
+            "op_specs": {op: spec.to_wire() for op, spec in specs.items()},
+            "controlnets": sorted(preset.controlnets),
+            "loaded": loaded,
+            **fam.describe(preset),
+        }
