@@ -14,17 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
+from .errors import ConfigError
+
+BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")  # the default preset
+FAMILY_PRESETS = Path(__file__).with_name("families")  # <family module>.toml: each family's presets
 
 TINY_PREFIX = "@tiny/"  # resolved by the model manager, which builds the tiny models on first use
 FULLSIZE_PREFIX = "@fullsize/"  # likewise for the full-size random SD 1.5 models (benchmarks)
 
 #: Preset keys that are settings, not roles.
 SETTINGS = ("family", "resolution", "builtin", "config", "variant", "trust_pickle", "controlnets")
-
-
-class ConfigError(ValueError):
-    """The presets file says something Underpaint cannot use; the message names the preset and key."""
 
 
 def data_home() -> Path:
@@ -64,10 +63,22 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def builtin_files() -> list[Path]:
+    """presets.toml, then each family's presets in the registry's order (the tour's)."""
+    from .families import FAMILIES
+
+    modules = [entry.split(":")[0] for entry in FAMILIES.values()]
+    return [BUILTIN_PRESETS] + [
+        FAMILY_PRESETS / f"{m}.toml" for m in modules if (FAMILY_PRESETS / f"{m}.toml").is_file()
+    ]
+
+
 def load_config(user_file: Path | None = None) -> Config:
-    """Read presets (the user's file merged over the built-in one) and check each against its family."""
-    with BUILTIN_PRESETS.open("rb") as f:
-        raw = tomllib.load(f)
+    """Read presets (the user's file merged over the built-in ones) and check each against its family."""
+    raw: dict[str, Any] = {}
+    for path in builtin_files():
+        with path.open("rb") as f:
+            raw = _merge(raw, tomllib.load(f))
     if user_file is not None:
         with Path(user_file).open("rb") as f:
             raw = _merge(raw, tomllib.load(f))

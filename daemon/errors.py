@@ -1,4 +1,4 @@
-"""The one exception type that becomes an `error` message on the wire."""
+"""The exception type that becomes an `error` message on the wire, and the one for bad config files."""
 
 from __future__ import annotations
 
@@ -23,4 +23,8 @@ class RequestError(Exception):
         return out
 
 
-__all__ = ["ErrorCode", "RequestError"]
+class ConfigError(ValueError):
+    """The presets file says something Underpaint cannot use; the message names the preset and key."""
+
+
+__all__ = ["ConfigError", "ErrorCode", "RequestError"]

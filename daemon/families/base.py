@@ -190,6 +190,10 @@ class Family:
         added and the ones it cannot take removed."""
         return spec
 
+    def check(self, req: OpRequest) -> None:
+        """Family-specific validation of a request, run before the job is accepted (after the op's
+        own checks): raise RequestError for what this family's pipelines cannot take."""
+
     def describe(self, preset: Preset) -> dict[str, Any]:
         """Extra fields of the preset's `models` entry."""
         return {}

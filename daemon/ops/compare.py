@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ErrorCode, RequestError
+from ..families import family
 from ..families.base import Generation
 from ..params import MAX_SEED, Limits
 from ..progress import JobCancelled
@@ -67,6 +68,7 @@ def prepare(
         images.update({k: v for k, v in decode(op, inner).items() if k not in images})
         request = OpRequest(op, preset, inner, images)
         ops[op].check(request, limits)
+        family(preset.family).check(request)
         parts.append(Part(request, sorted(set(inner_raw) - set(spec.params))))
     first = parts[0].request.preset
     return CompareRequest("compare", first, {**params, **inner_raw}, images, parts)

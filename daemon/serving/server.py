@@ -16,6 +16,7 @@ import zmq
 from ...protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, attach_frames, pack, unpack
 from .. import __version__, preprocessors
 from ..errors import ErrorCode, RequestError
+from ..families import family
 from ..images import decode_image
 from ..ops import OPS, compare
 from ..params import Limits
@@ -213,6 +214,7 @@ class Server:
         else:
             request = OpRequest(op, preset, params, decode(op, params))
             OPS[op].check(request, self.limits)
+            family(preset.family).check(request)
         if self.queue.count(identity) >= self.limits.max_queued_per_client:
             raise RequestError(
                 ErrorCode.QUEUE_FULL, f"you already have {self.limits.max_queued_per_client} jobs queued"
