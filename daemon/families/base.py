@@ -11,7 +11,7 @@ and one line in `families/__init__.py`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -92,15 +92,30 @@ def load_model(
     single_file_pipeline: Any = None,
 ) -> Any:
     """One model (a UNet, a ControlNet...) of a folder; from a single file through the pipeline class
-    that knows its layout (`single_file_pipeline`), keeping only the `subfolder` part."""
+    that knows its layout (`single_file_pipeline`), keeping only the `subfolder` part (a UNet comes
+    straight from the file when the preset names a configs folder)."""
     if is_single_file(source):
         check_pickle(preset, source)
         if single_file_pipeline is None:
             return cls.from_single_file(source, **single_file_kwargs(preset, dtype))
+        if preset.single_file_config and (subfolder or "unet") == "unet":
+            return _unet_from_single_file(cls, preset, source, dtype)
         pipe = single_file_pipeline.from_single_file(source, **single_file_kwargs(preset, dtype))
         return getattr(pipe, subfolder or "unet")
     extra = {"subfolder": subfolder} if subfolder else {}
     return cls.from_pretrained(source, **pretrained_kwargs(preset, dtype), **extra)
+
+
+def _unet_from_single_file(cls: Any, preset: Preset, source: str, dtype: torch.dtype) -> Any:
+    """The UNet of an original-layout file, configured by the preset's configs folder. That folder
+    describes the base model, so an inpainting (9-channel) or InstructPix2Pix (8-channel) file takes
+    its input channels from its own first convolution; its VAE and text encoder are not built."""
+    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
+
+    checkpoint = load_single_file_checkpoint(source)
+    conv_in = checkpoint.get("model.diffusion_model.input_blocks.0.0.weight")
+    channels = {"in_channels": conv_in.shape[1]} if conv_in is not None else {}
+    return cls.from_single_file(checkpoint, subfolder="unet", **single_file_kwargs(preset, dtype), **channels)
 
 
 # -- one job's run --------------------------------------------------------------------------------------
@@ -117,6 +132,12 @@ class Generation:
 
     def __post_init__(self) -> None:
         self.seeds = seeds_for(self.req.params)
+
+    def for_seed(self, seed: int) -> Generation:
+        """The same job for one picture only (see ops.run_op): shares models, progress and `extra`."""
+        one = replace(self)
+        one.seeds, one.extra = [seed], self.extra
+        return one
 
     @property
     def params(self) -> dict[str, Any]:

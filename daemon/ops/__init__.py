@@ -1,13 +1,23 @@
 """One module per op, none of which cares which model family runs it. Each has `check(req, limits)`
 (validation that needs the images or the preset, run before the job is accepted) and `run(gen)`: crop
 to the selection, call the preset's family (`families.base.Family`), return pasteable patches.
-`compare` runs another op on several presets."""
+`compare` runs another op on several presets.
+
+`run_op` runs a job's variations one seed at a time: a batch of several images goes through
+differently blocked kernels than a single one, so only this way does variation i, re-run alone with
+seed + i, give exactly the same pixels (what a painter who reuses a seed expects).
+"""
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from . import controlnet, depth, inpaint, instruct, mix, sdedit, txt2img, upscale, variation
+
+if TYPE_CHECKING:
+    from ..families.base import Generation
+    from .common import Patch
 
 OPS: dict[str, ModuleType] = {
     "txt2img": txt2img,
@@ -20,3 +30,23 @@ OPS: dict[str, ModuleType] = {
     "mix": mix,
     "upscale": upscale,
 }
+
+
+def estimate_steps(params: dict[str, Any]) -> int:
+    """Rough denoising steps of one picture, for progress totals of work not started yet."""
+    return max(1, int(params.get("steps", 1) * (params.get("strength") or 1.0)))
+
+
+def run_op(op: str, gen: Generation) -> list[Patch]:
+    """Run `op` once per variation seed, reporting progress over all of them."""
+    patches: list[Patch] = []
+    outer_after = gen.steps.after  # work after this op (compare's later presets)
+    per_picture = estimate_steps(gen.params)
+    for i, seed in enumerate(gen.seeds):
+        start = gen.steps.step
+        gen.steps.after = outer_after + per_picture * (len(gen.seeds) - i - 1)
+        gen.steps.plan()
+        patches += OPS[op].run(gen.for_seed(seed))
+        per_picture = max(1, gen.steps.step - start)  # measured: the later pictures take as many
+    gen.steps.after = outer_after
+    return patches

@@ -16,6 +16,7 @@ from ..families.base import Generation
 from ..params import MAX_SEED, Limits
 from ..progress import JobCancelled
 from ..request import OpRequest
+from . import estimate_steps
 from .common import Patch
 
 #: Decodes the images an op (with these params) takes: (op, params) -> images.
@@ -74,25 +75,22 @@ def prepare(
     return CompareRequest("compare", first, {**params, **inner_raw}, images, parts)
 
 
-def _estimate(params: dict[str, Any]) -> int:
-    """Rough steps of one part, for the progress total of the parts not run yet."""
-    return max(1, int(params.get("steps", 1) * (params.get("strength") or 1.0)))
-
-
-def run(gen: Generation, ops: dict[str, Any]) -> list[Patch]:
+def run(gen: Generation, run_op: Callable[[str, Generation], list[Patch]]) -> list[Patch]:
     """Run each part in turn; a preset that fails is reported, the others still deliver."""
     req = gen.req
     assert isinstance(req, CompareRequest)
     patches: list[Patch] = []
     summary: list[dict[str, Any]] = []
     for i, part in enumerate(req.parts):
-        gen.steps.after = sum(_estimate(p.request.params) for p in req.parts[i + 1 :])
-        gen.steps.plan()
+        gen.steps.after = sum(
+            estimate_steps(p.request.params) * p.request.params.get("variations", 1)
+            for p in req.parts[i + 1 :]
+        )
         sub = Generation(part.request, gen.models, gen.steps, gen.preprocessors)
         loads, t0 = gen.models.load_seconds, time.perf_counter()
         entry: dict[str, Any] = {"model": part.request.preset.name, "family": part.request.preset.family}
         try:
-            got = ops[req.params["op"]].run(sub)
+            got = run_op(req.params["op"], sub)
         except JobCancelled:
             raise
         except RequestError as exc:

@@ -21,7 +21,7 @@ from ..errors import ErrorCode, RequestError
 from ..families import family
 from ..families.base import Generation
 from ..images import encode_image
-from ..ops import OPS, compare
+from ..ops import compare, run_op
 from ..ops.common import Patch
 from ..preprocessors import Preprocessors
 from ..progress import JobCancelled, StepReporter
@@ -169,8 +169,8 @@ class Worker(threading.Thread):
             gen = Generation(req, self.models, steps, self.preprocessors)
             try:
                 if req.op == "compare":
-                    return compare.run(gen, OPS), gen.extra
-                return OPS[req.op].run(gen), gen.extra
+                    return compare.run(gen, run_op), gen.extra
+                return run_op(req.op, gen), gen.extra
             except Exception as exc:
                 if attempt == 2 or not is_out_of_memory(exc):
                     raise
