@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_parser(sub)
     _edit_parser(sub)
     for name, help_, func in (
-        ("models", "list the daemon's model presets and what is loaded", cmd_models),
+        ("models", "list the daemon's model presets, their families and ops, and what is loaded", cmd_models),
         ("status", "show the daemon's device, queue and running job", cmd_status),
     ):
         p = sub.add_parser(name, help=help_, description=help_)
         _endpoint_arg(p)
+        if name == "models":
+            p.add_argument("--about", action="store_true", help="also explain each model family")
         p.set_defaults(func=func)
     demo = sub.add_parser(
         "demo",
@@ -53,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the PNGs (default: ./underpaint-demo)",
     )
     demo.set_defaults(func=cmd_demo)
+    from .commands.compare import add_parser as add_compare_parser
     from .commands.install_plugin import add_parser as add_install_parser
 
+    add_compare_parser(sub, _request_args, _endpoint_arg)
     add_install_parser(sub)
     return parser
 
@@ -182,17 +186,47 @@ def _edit_parser(sub: Any) -> None:
         help="run one op on the daemon and write the result",
         description="Submit one job to a running daemon, show a progress bar, write the result. "
         "Ctrl-C cancels the job. --out gets the finished picture (the patch pasted onto the input); "
-        "with several variations, NAME-1.png, NAME-2.png, ...",
+        "with several variations, NAME-1.png, NAME-2.png, ... Which ops and parameters a preset "
+        "takes depends on its model family: see `underpaint models`.",
     )
     p.add_argument(
         "op",
-        choices=["txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale"],
+        choices=[
+            "txt2img",
+            "sdedit",
+            "inpaint",
+            "controlnet",
+            "instruct",
+            "variation",
+            "depth",
+            "mix",
+            "upscale",
+        ],
         help="what to do (see PROTOCOL.md section 8)",
     )
     _endpoint_arg(p)
     p.add_argument("--model", help="model preset (default: the daemon's)")
+    _request_args(p)
+    p.add_argument("--preview", action="store_true", help="ask for per-step previews")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("underpaint-out.png"),
+        help="output PNG (default: underpaint-out.png)",
+    )
+    p.add_argument(
+        "--save-patches", action="store_true", help="also write each raw RGBA patch as NAME.patch.png"
+    )
+    p.set_defaults(func=cmd_edit)
+
+
+def _request_args(p: argparse.ArgumentParser) -> None:
+    """The images and parameters of a job (shared by `edit` and `compare`)."""
     p.add_argument("--image", type=Path, help="input picture")
     p.add_argument("--mask", type=Path, help="8-bit mask picture: white = repaint")
+    p.add_argument(
+        "--depth", type=Path, help="depth: a depth map picture (white = near) instead of estimating"
+    )
     p.add_argument(
         "--control",
         action="append",
@@ -206,6 +240,13 @@ def _edit_parser(sub: Any) -> None:
         default=[],
         metavar="KEY=VAL,...",
         help="ControlNet unit, e.g. model=canny,preprocessor=canny,image=control,scale=1",
+    )
+    p.add_argument(
+        "--item",
+        action="append",
+        default=[],
+        metavar="prompt=TEXT|image=PATH[,weight=W]",
+        help="mix: a prompt or a picture to blend, with a weight (repeat 2-8 times)",
     )
     p.add_argument("--prompt", help="what to paint")
     p.add_argument("--negative-prompt", help="what to avoid")
@@ -227,17 +268,14 @@ def _edit_parser(sub: Any) -> None:
     ):
         p.add_argument(f"--{name}", type=kind, help=help_)
     p.add_argument("--scheduler", help="sampler name (see `underpaint models` / the handshake)")
-    p.add_argument("--preview", action="store_true", help="ask for per-step previews")
     p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("underpaint-out.png"),
-        help="output PNG (default: underpaint-out.png)",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other parameter of the preset's op spec, e.g. refine=0.3 (sdxl), stages=2 (if), "
+        "prior_steps=10 (kandinsky22); VALUE is read as JSON, else as text",
     )
-    p.add_argument(
-        "--save-patches", action="store_true", help="also write each raw RGBA patch as NAME.patch.png"
-    )
-    p.set_defaults(func=cmd_edit)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
@@ -262,10 +300,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     )
     for p in reply["presets"]:
         loaded = ", ".join(p["loaded"]) or "nothing"
-        print(f"  {p['name']:<10} {p['family']} @ {p['resolution']} px  ops: {', '.join(p['ops'])}")
+        print(f"  {p['name']:<18} {p.get('title', p['family'])} ({p['family']}) @ {p['resolution']} px")
+        print(f"  {'':<18} ops: {', '.join(p['ops'])}")
         if p["controlnets"]:
-            print(f"  {'':<10} controlnets: {', '.join(p['controlnets'])}")
-        print(f"  {'':<10} loaded: {loaded}")
+            print(f"  {'':<18} controlnets: {', '.join(p['controlnets'])}")
+        print(f"  {'':<18} loaded: {loaded}")
+    if getattr(args, "about", False):
+        seen: set[str] = set()
+        for p in reply["presets"]:
+            if p["family"] not in seen and p.get("about"):
+                seen.add(p["family"])
+                print(f"\n{p.get('title', p['family'])} ({p['family']}):\n  {p['about']}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -46,15 +47,49 @@ def parse_unit(text: str) -> dict[str, Any]:
     return unit
 
 
+def parse_param(text: str) -> tuple[str, Any]:
+    """'refine=0.3' -> ('refine', 0.3); values are JSON where they parse, else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--param {text!r}: expected NAME=VALUE")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def parse_items(texts: list[str], images: dict[str, Any]) -> list[dict[str, Any]]:
+    """--item prompt=TEXT,weight=W / image=PATH,weight=W -> mix items (pictures go into `images`)."""
+    items = []
+    for i, text in enumerate(texts):
+        fields = dict(part.partition("=")[::2] for part in text.split(",") if part)
+        item: dict[str, Any] = {"weight": float(fields.get("weight", 1.0))}
+        if "image" in fields:
+            name = f"item{i}"
+            images[name] = image_object(Image.open(fields["image"]))
+            item["image"] = name
+        elif "prompt" in fields:
+            item["prompt"] = fields["prompt"]
+        else:
+            raise ValueError(f"--item {text!r}: expected prompt=TEXT or image=PATH, and optionally weight=W")
+        items.append(item)
+    return items
+
+
 def build_request(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     params = {
         p: getattr(args, flag) for flag, p in PARAM_FLAGS.items() if getattr(args, flag, None) is not None
     }
+    params.update(parse_param(text) for text in args.param)
     images: dict[str, Any] = {}
     if args.image:
         images["image"] = image_object(Image.open(args.image))
     if args.mask:
         images["mask"] = image_object(Image.open(args.mask).convert("L"))
+    if args.depth:
+        images["depth"] = image_object(Image.open(args.depth).convert("L"))
+    if args.item:
+        params["items"] = parse_items(args.item, images)
     for spec in args.control:
         name, sep, path = spec.partition("=")
         name, path = (name, path) if sep else ("control", name)

@@ -232,6 +232,11 @@ class Family:
         """A pipeline of `kind` assembled from loaded components (`parts`: role -> object)."""
         raise NotImplementedError
 
+    def estimate_steps(self, op: str, params: dict[str, Any]) -> int:
+        """Progress-reporting steps one picture of `op` takes, all its denoising loops together: the
+        progress total of work not started yet (families with a prior or stages add theirs)."""
+        return max(1, int(params.get("steps", 1) * (params.get("strength") or 1.0)))
+
     def warm(self, preset: Preset, op: str) -> list[tuple[str, tuple[str, ...]]]:
         """The views `load` builds for `op`: (kind, extras) pairs."""
         return [("txt2img", ())]

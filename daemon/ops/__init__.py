@@ -11,12 +11,13 @@ seed + i, give exactly the same pixels (what a painter who reuses a seed expects
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import controlnet, depth, inpaint, instruct, mix, sdedit, txt2img, upscale, variation
 
 if TYPE_CHECKING:
     from ..families.base import Generation
+    from ..request import OpRequest
     from .common import Patch
 
 OPS: dict[str, ModuleType] = {
@@ -32,16 +33,18 @@ OPS: dict[str, ModuleType] = {
 }
 
 
-def estimate_steps(params: dict[str, Any]) -> int:
-    """Rough denoising steps of one picture, for progress totals of work not started yet."""
-    return max(1, int(params.get("steps", 1) * (params.get("strength") or 1.0)))
+def estimate_steps(request: OpRequest) -> int:
+    """Steps one picture of the request takes, as its family estimates them."""
+    from ..families import family
+
+    return family(request.preset.family).estimate_steps(request.op, request.params)
 
 
 def run_op(op: str, gen: Generation) -> list[Patch]:
     """Run `op` once per variation seed, reporting progress over all of them."""
     patches: list[Patch] = []
     outer_after = gen.steps.after  # work after this op (compare's later presets)
-    per_picture = estimate_steps(gen.params)
+    per_picture = estimate_steps(gen.req)
     for i, seed in enumerate(gen.seeds):
         start = gen.steps.step
         gen.steps.after = outer_after + per_picture * (len(gen.seeds) - i - 1)

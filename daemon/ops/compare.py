@@ -82,10 +82,8 @@ def run(gen: Generation, run_op: Callable[[str, Generation], list[Patch]]) -> li
     patches: list[Patch] = []
     summary: list[dict[str, Any]] = []
     for i, part in enumerate(req.parts):
-        gen.steps.after = sum(
-            estimate_steps(p.request.params) * p.request.params.get("variations", 1)
-            for p in req.parts[i + 1 :]
-        )
+        later = [p.request for p in req.parts[i + 1 :]]
+        gen.steps.after = sum(estimate_steps(r) * r.params.get("variations", 1) for r in later)
         sub = Generation(part.request, gen.models, gen.steps, gen.preprocessors)
         loads, t0 = gen.models.load_seconds, time.perf_counter()
         entry: dict[str, Any] = {"model": part.request.preset.name, "family": part.request.preset.family}

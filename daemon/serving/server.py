@@ -300,7 +300,7 @@ class Server:
     def _queue_admin(self, identity: bytes, msg: dict[str, Any], kind: str) -> None:
         """`load`/`unload` touch the device, so they wait their turn on the worker; it replies."""
         preset = self.models.preset(_field(msg, "model", str, required=True))
-        op = _field(msg, "op", str) or "txt2img"
+        op = _field(msg, "op", str) or next(iter(self.catalog.specs[preset.name]))  # the preset's first op
         if kind == "load":
             if op not in OPS:
                 raise RequestError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not one of {list(OPS)}", "op")
