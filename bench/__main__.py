@@ -1,9 +1,9 @@
 """`python -m bench`: run the benchmarks of GitHub issue #5 and print a markdown table.
 
 Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and previews,
-5 many clients, 6 GPU (only where torch.cuda.is_available()). Exit status 1 when a hard check fails
-(pixels differ, a job is lost, a cancelled job delivers a result); missed targets are reported, not fatal,
-because timings on a shared machine are noisy.
+5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side by side.
+Exit status 1 when a hard check fails (pixels differ, a job is lost, a cancelled job delivers a
+result); missed targets are reported, not fatal, because timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or on a bare socket, measured side by side in one run and reported as ratios with their targets. "
         "Prints a markdown table. Runs offline: models are built locally with random weights.",
         epilog="Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and "
-        "previews, 5 many clients, 6 GPU (only where torch.cuda.is_available()). Exit status 1 when a "
-        "hard check fails (pixels differ, a job is lost, ...); missed timing targets are only reported. "
+        "previews, 5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side "
+        "by side (first-use load, warm job; on the GPU where there is one). Exit status 1 when a hard "
+        "check fails (pixels differ, a job is lost, ...); missed timing targets are only reported. "
         "See docs/BENCHMARKS.md.",
     )
     p.add_argument(
@@ -88,7 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the tiny/fullsize models are built (default: $UNDERPAINT_HOME/models or "
         "~/.cache/underpaint/models, like the daemon)",
     )
-    p.add_argument("--sections", default="1,2,3,4,5,6", help="comma-separated sections to run (default: all)")
+    p.add_argument(
+        "--sections", default="1,2,3,4,5,6,7", help="comma-separated sections to run (default: all)"
+    )
     return p.parse_args(argv)
 
 
@@ -111,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     run.tiny(report, plan, sections, models_dir, env)
+    gc.collect()
+    run.families_side_by_side(report, plan, sections, models_dir, env)
     gc.collect()
     base_dir = None
     if args.fullsize and not args.quick:

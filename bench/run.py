@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from underpaint.daemon.commands.launch import running_daemon
 
-from . import cancel, clients, overhead, transfer, warm
+from . import cancel, clients, families, overhead, transfer, warm
 from .common import PROMPT, SEED, Report, client_for, secs, timed
 from .echo import running_echo
 
@@ -60,6 +60,24 @@ def tiny(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: 
                 report, daemon.endpoint, "tiny", _t2i(plan.client_size, plan.client_steps), plan.client_reps
             )
         report.check("tiny daemon survived every section", daemon.alive())
+
+
+def families_side_by_side(
+    report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]
+) -> None:
+    """Section 7 on a fresh daemon of its own, so every preset's first job is its first use."""
+    if 7 not in sections:
+        return
+    from underpaint.daemon.config import load_config
+
+    tiny_presets = [p for p in load_config().presets.values() if p.builtin == "tiny"]
+    families.prebuild(models_dir, {p.family for p in tiny_presets})
+    with ExitStack() as stack:
+        daemon, _ = _start(stack, "tiny", models_dir, env)
+        client = stack.enter_context(client_for(daemon.endpoint))
+        size = 64 if plan.quick else 128
+        families.measure(report, client, plan.reps, size, plan.tiny_steps)
+        report.check("families daemon survived", daemon.alive())
 
 
 def fullsize(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> Path:

@@ -45,6 +45,7 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
         "4. Cancel and previews",
         "5. Many clients",
         "6. GPU",
+        "7. Families",
     ):
         assert f"| {section} |" in table, f"section {section!r} missing from the table"
     assert table in proc.stdout or "| Section | Measurement |" in proc.stdout  # also printed
@@ -58,3 +59,6 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
     assert clients["lost"] == 0 and clients["wrong"] == 0
     assert result["data"]["cancel"]["tiny"]["latency_s"] > 0
     assert all(len(v["daemon"]) >= 1 for v in result["data"]["transfer"].values() if "daemon" in v)
+    families = result["data"]["families"]
+    assert {"tiny", "tiny-sdxl", "tiny-kandinsky22"} <= set(families), "every tiny family is measured"
+    assert all(entry["load"] > 0 and entry["warm"] for entry in families.values())
