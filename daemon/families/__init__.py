@@ -87,6 +87,11 @@ def detect_family(source: str, fallback: str | None = "sd15") -> str:
 
 
 def _detect(source: str) -> str:
+    if source.lower().endswith((".ckpt", ".pt", ".pth", ".bin")):
+        raise ConfigError(
+            f"{source!r} is a pickled checkpoint: its family cannot be read without loading (running) it; "
+            f'add `family = "..."` to the preset, one of {sorted(FAMILIES)}'
+        )
     try:
         if source.lower().endswith(".safetensors"):
             return _family_of_checkpoint(Path(source))
