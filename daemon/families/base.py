@@ -224,6 +224,12 @@ class Family:
         """Load one role's component (on the worker thread); `models.dtype` is the weights' dtype."""
         raise NotImplementedError
 
+    def cache_key(self, preset: Preset, role: str, source: str) -> str:
+        """What identifies the loaded component of `role` besides its family and role kind: its
+        source, plus any setting that changes what `load` makes of it (presets naming the same source
+        with the same settings share one copy)."""
+        return source
+
     def needs(self, preset: Preset, kind: str, extras: Sequence[str]) -> list[str]:
         """The roles a view of `kind` is built from."""
         raise NotImplementedError

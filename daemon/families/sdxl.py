@@ -129,6 +129,12 @@ class SDXL(Family):
             extra["vae"] = load_vae(preset, preset.sources["vae"], dtype)
         return load_pipeline(StableDiffusionXLPipeline, preset, source, dtype, **extra)
 
+    def cache_key(self, preset: Preset, role: str, source: str) -> str:
+        """Base loads with the preset's replacement VAE inside it: presets that name the same base with
+        another VAE must not share it."""
+        vae = preset.sources.get("vae")
+        return f"{source}|vae={vae}" if role == "base" and vae else source
+
     def needs(self, preset: Preset, kind: str, extras: Sequence[str]) -> list[str]:
         roles = ["base"]
         if kind.startswith("refiner"):

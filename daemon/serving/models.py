@@ -109,9 +109,8 @@ class ModelManager:
             ) from None
 
     def key(self, preset: Preset, role: str) -> Key:
-        kind = role.split(":", 1)[0]
-        source = preset.controlnets[role.split(":", 1)[1]] if kind == "controlnet" else preset.sources[role]
-        return (preset.family, kind, source)
+        source = role_source(preset, role)
+        return (preset.family, role.split(":", 1)[0], family(preset.family).cache_key(preset, role, source))
 
     def loaded_roles(self, preset: Preset) -> list[str]:
         """The preset's roles whose components are loaded now."""
@@ -207,7 +206,7 @@ class ModelManager:
 
     # -- loading ---------------------------------------------------------------------------------
     def _source(self, preset: Preset, role: str) -> str:
-        source = self.key(preset, role)[2]
+        source = role_source(preset, role)
         if source.startswith(TINY_PREFIX):
             from ..builders.tiny import ensure_tiny
 
@@ -239,6 +238,12 @@ class ModelManager:
         preset = self.preset(preset_name)
         with self._lock:
             return {role: self._components[self.key(preset, role)].obj for role in self._loaded_roles(preset)}
+
+
+def role_source(preset: Preset, role: str) -> str:
+    """Where a role's weights come from (`controlnet:<name>` roles: the preset's ControlNet table)."""
+    kind, _, name = role.partition(":")
+    return preset.controlnets[name] if kind == "controlnet" else preset.sources[role]
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:

@@ -27,6 +27,7 @@ from .common import (
     Progress,
     controlnet_from_unet,
     copy_shared,
+    keep_hint_scale,
     make_text_encoder,
     make_tokenizer,
     make_vae,
@@ -74,7 +75,8 @@ def make_sd_unet(seed: int, in_channels: int, name: str) -> UNet2DConditionModel
 def make_controlnet(unet: UNet2DConditionModel, seed: int, kind: str) -> ControlNetModel:
     """A ControlNet copied from the UNet; zero convs get small random weights so it matters."""
     # Four conditioning levels = three stride-2 convs = the VAE's 8x factor.
-    return controlnet_from_unet(unet, (16, 16, 32, 32), seed, f"controlnet-{kind}", std=0.05)
+    controlnet = controlnet_from_unet(unet, (16, 16, 32, 32), seed, f"controlnet-{kind}", std=0.05)
+    return keep_hint_scale(controlnet, seed, f"controlnet-{kind}")
 
 
 def make_x4_unet(seed: int) -> UNet2DConditionModel:

@@ -28,6 +28,7 @@ from .common import (
     Progress,
     controlnet_from_unet,
     copy_shared,
+    keep_hint_scale,
     make_text_encoder,
     make_tokenizer,
     make_vae,
@@ -115,23 +116,10 @@ def make_sdxl_unet(seed: int, name: str, in_channels: int = 4, refiner: bool = F
 
 def make_controlnet(unet: UNet2DConditionModel, seed: int, kind: str) -> ControlNetModel:
     """A ControlNet copied from base's UNet (text_time embedding included); four conditioning levels
-    downsample 8x like the VAE, and the zero convs get small random weights so it matters.
-
-    The hint encoder is re-initialised to keep its signal's scale through its layers: with torch's
-    default init the control map's contribution shrinks about 1000x on the way in, so two different
-    control maps gave almost the same picture and no test could tell whether the map was used.
-    """
-    import torch
-
+    downsample 8x like the VAE, the zero convs get small random weights and the hint encoder keeps its
+    signal's scale, so the control map matters."""
     controlnet = controlnet_from_unet(unet, (16, 16, 32, 32), seed, f"sdxl/controlnet-{kind}", std=0.05)
-    hint = controlnet.controlnet_cond_embedding
-    manual_seed(seed, f"sdxl/controlnet-{kind}/hint")
-    with torch.no_grad():
-        for conv in (hint.conv_in, *hint.blocks, hint.conv_out):
-            fan_in = conv.weight[0].numel()
-            conv.weight.normal_(0.0, 2.0 * (2.0 / fan_in) ** 0.5)
-            conv.bias.zero_()
-    return controlnet
+    return keep_hint_scale(controlnet, seed, f"sdxl/controlnet-{kind}")
 
 
 def sdxl_scheduler() -> Any:
