@@ -22,7 +22,9 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("command", ["serve", "edit", "compare", "models", "status", "demo", "install-plugin"])
+@pytest.mark.parametrize(
+    "command", ["serve", "edit", "compare", "models", "status", "demo", "install-plugin"]
+)
 def test_every_subcommand_explains_itself(command: str) -> None:
     top = run_cli("--help")
     assert top.returncode == 0 and command in top.stdout
