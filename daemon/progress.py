@@ -13,6 +13,7 @@ with ``plan``, and the true length replaces the estimate when the stage starts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -107,10 +108,14 @@ class StepReporter:
         original_set, original_step = scheduler.set_timesteps, scheduler.step
         starting = [True]
 
+        # `wraps` keeps the signatures visible: pipelines look at `step`'s parameters to decide
+        # whether to pass their generator (ancestral samplers would otherwise draw unseeded noise).
+        @functools.wraps(original_set)
         def set_timesteps(*args: Any, **kwargs: Any) -> Any:
             starting[0] = True
             return original_set(*args, **kwargs)
 
+        @functools.wraps(original_step)
         def step(*args: Any, **kwargs: Any) -> Any:
             self.check_cancelled()
             out = original_step(*args, **kwargs)

@@ -184,3 +184,12 @@ def test_job_errors_do_not_break_the_daemon(client) -> None:
         )
     assert err.value.code == "model_unavailable" and "lllyasviel/Annotators" in str(err.value)
     assert client.run("txt2img", {**FAST, "width": 64, "height": 64})["images"]
+
+
+def test_every_sampler_reproduces_its_picture_from_the_seed(client) -> None:
+    """Ancestral samplers draw noise at every step: only the job's generator makes that repeatable
+    (a scheduler wrapped for progress must still show pipelines that it takes one)."""
+    for name in client.hello("tests")["schedulers"]:
+        params = {"prompt": "a fox", "steps": 3, "seed": 9, "scheduler": name, "width": 64, "height": 64}
+        first, second = (pixels(client.run("txt2img", params)["images"][0]) for _ in range(2))
+        assert np.array_equal(first, second), f"{name} is not reproducible from its seed"

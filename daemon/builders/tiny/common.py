@@ -29,7 +29,7 @@ MAX_TOKENS = 77
 _BPE_MERGES = 400
 
 # Words the tiny BPE learns its merges from; any other text still tokenizes (byte fallback).
-_BPE_CORPUS = """
+CORPUS_WORDS = """
 a an the of and with in on at by for from to into over under near behind beside through
 red orange yellow green blue purple pink white black gray grey brown golden silver dark light
 bright pale vivid colorful
@@ -112,7 +112,7 @@ def _bpe_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A small real byte-level BPE laid out like CLIP's: bytes, bytes</w>, merges, specials."""
     byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
-    merges = _train_bpe(sorted(set(_BPE_CORPUS)), _BPE_MERGES)
+    merges = _train_bpe(sorted(set(CORPUS_WORDS)), _BPE_MERGES)
     for left, right in merges:
         merged = left + right
         if merged not in tokens:

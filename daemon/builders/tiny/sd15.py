@@ -140,7 +140,7 @@ def make_latent_x2_unet(seed: int) -> UNet2DConditionModel:
 # --------------------------------------------------------------------------- schedulers
 
 
-def _x4_schedulers() -> tuple[Any, Any]:
+def x4_schedulers() -> tuple[Any, Any]:
     """(low_res_scheduler, scheduler) shaped like stabilityai's x4 upscaler."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -205,7 +205,7 @@ def _build_upscale_x4(dest: Path, seed: int, parts: dict[str, Any], say: Progres
     from diffusers import StableDiffusionUpscalePipeline
 
     say("upscale-x4: unet (7 channels) + vae (3 levels, 4x)")
-    low_res_scheduler, scheduler = _x4_schedulers()
+    low_res_scheduler, scheduler = x4_schedulers()
     pipe = StableDiffusionUpscalePipeline(
         vae=make_vae(seed, levels=3, scaling_factor=0.08333),
         text_encoder=parts["text_encoder"],
