@@ -23,6 +23,7 @@ from underpaint.daemon.config import Config, load_config
 from underpaint.daemon.families import detect_family, family
 from underpaint.daemon.families.base import Generation
 from underpaint.daemon.families.deepfloyd_if import VIEWS
+from underpaint.daemon.ops import run_op
 from underpaint.daemon.params import Limits
 from underpaint.daemon.progress import StepReporter
 from underpaint.daemon.request import OpRequest
@@ -116,7 +117,7 @@ def test_stage_one_is_a_draft_of_the_finished_picture(manager: ModelManager) -> 
 
 
 def test_stage_two_reuses_stage_one_embeddings(manager: ModelManager) -> None:
-    """T5 reads the prompt once per picture, however many stages run, and stage II conditions on
+    """T5 reads the prompt once per job, however many stages and pictures run, and stage II conditions on
     exactly what it produced; stage II has no text encoder of its own loaded."""
     preset = manager.preset(MODEL)
     base, stage_2 = manager.component(preset, "base"), manager.component(preset, "stage_2")
@@ -129,6 +130,9 @@ def test_stage_two_reuses_stage_one_embeddings(manager: ModelManager) -> None:
             t5_calls.clear()
             family("if").txt2img(_generation(manager, "txt2img", {**FAST, "stages": stages}), 64, 64)
             assert len(t5_calls) == 1, f"T5 ran {len(t5_calls)} times for {stages} stage(s)"
+        t5_calls.clear()
+        run_op("txt2img", _generation(manager, "txt2img", {**FAST, "stages": 1, "variations": 3}))
+        assert len(t5_calls) == 1, "three pictures of one job share one reading of the prompt"
     finally:
         for hook in hooks:
             hook.remove()

@@ -10,7 +10,7 @@ and one line in `families/__init__.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -129,15 +129,26 @@ class Generation:
     preprocessors: Preprocessors | None = None
     seeds: list[int] = field(init=False)
     extra: dict[str, Any] = field(default_factory=dict)  # fields the op adds to the `result` event
+    memo: dict[str, Any] = field(
+        default_factory=dict
+    )  # what every picture of the job reuses (text embeddings)
 
     def __post_init__(self) -> None:
         self.seeds = seeds_for(self.req.params)
 
     def for_seed(self, seed: int) -> Generation:
-        """The same job for one picture only (see ops.run_op): shares models, progress and `extra`."""
+        """The same job for one picture only (see ops.run_op): shares models, progress, `extra` and
+        `memo`."""
         one = replace(self)
-        one.seeds, one.extra = [seed], self.extra
+        one.seeds, one.extra, one.memo = [seed], self.extra, self.memo
         return one
+
+    def once(self, key: str, compute: Callable[[], Any]) -> Any:
+        """`compute()` the first time one of the job's pictures asks for `key`, then the same value:
+        work that does not depend on the seed (encoding the prompt) runs once per job."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     @property
     def params(self) -> dict[str, Any]:

@@ -327,12 +327,16 @@ class DeepFloydIF(Family):
         return min(int(steps * strength), steps)
 
     def encode(self, gen: Generation) -> Text:
-        """Stage I's T5 reads the prompt and the negative prompt in one batch; every IF stage of
-        the job reuses the result (stage II has no text encoder of its own loaded)."""
-        pipe = gen.view("txt2img")
-        texts = [gen.params.get("prompt", ""), gen.params.get("negative_prompt") or ""]
-        embeds, _ = pipe.encode_prompt(texts, do_classifier_free_guidance=False, clean_caption=False)
-        return Text(embeds[:1], embeds[1:])
+        """Stage I's T5 reads the prompt and the negative prompt in one batch, once per job; every
+        stage of every picture reuses the result (stage II has no text encoder of its own loaded)."""
+
+        def compute() -> Text:
+            pipe = gen.view("txt2img")
+            texts = [gen.params.get("prompt", ""), gen.params.get("negative_prompt") or ""]
+            embeds, _ = pipe.encode_prompt(texts, do_classifier_free_guidance=False, clean_caption=False)
+            return Text(embeds[:1], embeds[1:])
+
+        return gen.once("if/t5", compute)
 
     def stage_1(
         self,
