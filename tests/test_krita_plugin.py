@@ -15,6 +15,7 @@ import configparser
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,7 +112,7 @@ def test_region_math(plugin: Any) -> None:
 
 
 def test_mode_params(plugin: Any) -> None:
-    modes = sub(plugin, "modes")
+    modes, records = sub(plugin, "modes"), sub(plugin, "records")
     units = [
         modes.UnitForm(True, "{a}", "Sketch", "none", "scribble", 1.0, True),
         modes.UnitForm(False, "{b}", "Photo", "canny", "canny", 0.5),
@@ -135,13 +136,67 @@ def test_mode_params(plugin: Any) -> None:
     assert modes.validate(modes.FormValues(mode="instruct")) is not None
     assert modes.validate(modes.FormValues(mode="controlnet")) is not None
     assert modes.validate(form) is None
-    assert modes.layer_name(form, 3) == "ControlNet #3: a cat"
+    assert records.layer_name(form, 3) == "ControlNet #3: a cat"
+    assert records.layer_name(form, 3, "tiny") == "ControlNet #3 (tiny): a cat"
+    assert records.layer_name(modes.FormValues(mode="variation"), 4, "v", 1.234) == "Variation #4 (v, 1.23 s)"
     long_form = modes.FormValues(mode="inpaint", prompt="a " * 60)
-    assert len(modes.layer_name(long_form, 1)) < 60
+    assert len(records.layer_name(long_form, 1)) < 60
     merged = json.loads(
-        modes.merge_records(modes.merge_records(None, {"{1}": {"seed": 1}}), {"{2}": {"seed": 2}})
+        records.merge_records(records.merge_records(None, {"{1}": {"seed": 1}}), {"{2}": {"seed": 2}})
     )
     assert merged["layers"] == {"{1}": {"seed": 1}, "{2}": {"seed": 2}}
+
+    # A preset's op spec decides what is sent: a parameter it does not list is never sent.
+    spec = {"params": {"prompt": {}, "steps": {}, "seed": {}, "width": {}, "height": {}}, "images": {}}
+    small = modes.build_params(
+        modes.FormValues(mode="generate", prompt="p", seed=2), size=(64, 64), spec=spec
+    )
+    assert small == {"prompt": "p", "steps": 30, "seed": 2, "width": 64, "height": 64}
+    assert modes.visible_fields(modes.MODES_BY_KEY["generate"], spec) == {
+        "prompt",
+        "steps",
+        "seed",
+        "resolution",
+    }
+    extras = modes.FormValues(mode="generate", extras={"refine": 0.3, "unknown": 1})
+    assert modes.build_params(extras, size=(64, 64), spec={"params": {"refine": {}}})["refine"] == 0.3
+    assert "unknown" not in modes.build_params(extras, size=(64, 64), spec={"params": {"refine": {}}})
+
+    # Mix: the selected layers as images `layerN`, then the prompt; 2 … 8 items.
+    layers = [modes.MixLayer("{s}", "Sun", 0.5), modes.MixLayer("{k}", "Sky")]
+    mix = modes.FormValues(mode="mix", prompt="a fox", prompt_weight=2.0, mix_layers=layers)
+    assert modes.build_params(mix, size=(64, 64))["items"] == [
+        {"image": "layer0", "weight": 0.5},
+        {"image": "layer1", "weight": 1.0},
+        {"prompt": "a fox", "weight": 2.0},
+    ]
+    assert "prompt" not in modes.build_params(mix, size=(64, 64)) and modes.validate(mix) is None
+    assert "Mix blends 2 to 8" in modes.validate(modes.FormValues(mode="mix", mix_layers=layers[:1]))
+    zero = [modes.MixLayer("{s}", "Sun", 0.0), modes.MixLayer("{k}", "Sky", 0.0)]
+    assert "weight above 0" in modes.validate(modes.FormValues(mode="mix", mix_layers=zero))
+
+    # Compare: the base mode's params plus op and models; the record takes the preset's own part.
+    both = modes.FormValues(mode="compare", compare_mode="refine", compare_models=["a", "b"], prompt="p")
+    compare = modes.build_params(both)
+    assert compare["op"] == "sdedit" and compare["models"] == ["a", "b"] and compare["strength"] == 1.0
+    assert modes.validate(modes.FormValues(mode="compare")) is not None
+    many = modes.FormValues(mode="compare", compare_models=[f"m{i}" for i in range(9)])
+    assert "at most 8" in modes.validate(many)
+    result = {
+        "op": "compare",
+        "model": "a",
+        "params": {"op": "sdedit"},
+        "compare": [
+            {"model": "a", "family": "sd15", "run": 0.5, "params": {"seed": 7, "steps": 4}, "ignored": []},
+            {"model": "b", "family": "x", "error": {"code": "job_failed", "message": "boom"}},
+        ],
+    }
+    record = records.generation_record(both, result, {"model": "a", "seed": 7}, (1, 2), {})
+    assert (
+        record["preset"] == "a" and record["op"] == "sdedit" and record["params"] == {"seed": 7, "steps": 4}
+    )
+    assert record["compare"]["run"] == 0.5 and record["family"] == "sd15"
+    assert records.compare_problems(result) == ["b: boom"]
 
 
 def test_job_state_machine(plugin: Any) -> None:
@@ -167,6 +222,85 @@ def test_job_state_machine(plugin: Any) -> None:
     failed = jobs.Job(rid=2, op="inpaint")
     failed.handle({"type": "error", "re": 2, "code": "invalid_value", "message": "params.steps: bad"})
     assert failed.state is jobs.JobState.FAILED and failed.error_code == "invalid_value"
+
+
+def test_presets_follow_the_daemon(plugin: Any, daemon: Any) -> None:
+    """Against a real daemon's welcome: the modes each preset offers, the reasons for the others, and
+    params built for every (preset, mode) that the daemon accepts as they are (queued behind a long
+    job, then cancelled: accepted means valid, and nothing is loaded or run)."""
+    from underpaint.protocol import Client
+    from underpaint.protocol.client import JobCancelled
+
+    modes, presets = sub(plugin, "modes"), sub(plugin, "presets")
+    with Client(daemon.endpoint, timeout=30) as client:
+        welcome = client.hello()
+        tiny = presets.find(welcome, "")
+        assert tiny["name"] == welcome["default_model"] and presets.find(welcome, "nope") == {}
+        assert "Stable Diffusion 1" in presets.help_text(tiny) and tiny["about"] in presets.help_text(tiny)
+        blocker = client.submit("txt2img", {"steps": 200, "width": 512, "height": 512}, model="tiny")
+        queued: list[str] = []
+
+        def accepted(job: str) -> None:  # it waits behind the blocker: cancel it before it runs
+            client.cancel(job)
+            queued.append(job)
+
+        try:
+            for preset in presets.presets(welcome):
+                offered = [mode for mode, problem in presets.mode_choices(welcome, preset) if problem is None]
+                assert [m.op for m in offered] == [*preset["ops"], "compare"], preset["name"]
+                for mode, problem in presets.mode_choices(welcome, preset):
+                    if mode not in offered:
+                        assert problem.startswith(f"{preset['name']} ({preset['title']}) cannot run ")
+                for mode in offered[:-1]:
+                    accepted(_submit_form(client, modes, presets, welcome, preset, mode))
+            sdedit = [name for name in presets.runners(welcome, "sdedit") if name.startswith("tiny")]
+            assert len(sdedit) >= 2, sdedit
+            form = modes.FormValues(mode="compare", compare_mode="refine", compare_models=sdedit, seed=1)
+            spec = presets.compare_spec(welcome, sdedit, "sdedit")
+            params = modes.build_params(form, spec=spec)
+            accepted(client.submit("compare", params, {"image": _gray(64, 64, 4)}))
+        finally:
+            client.cancel(blocker)
+            for job in [*queued, blocker]:
+                with pytest.raises(JobCancelled):
+                    client.wait(job, timeout=60)
+        assert len(queued) > 2 * len(presets.presets(welcome))
+
+
+def _gray(width: int, height: int, channels: int) -> dict[str, Any]:
+    """A raw image: a left-to-right ramp (a depth map needs near and far parts)."""
+    row = bytes(b for x in range(width) for b in [x * 255 // max(1, width - 1)] * channels)
+    return {"width": width, "height": height, "channels": channels, "data": row * height}
+
+
+def _submit_form(client: Any, modes: Any, presets: Any, welcome: dict, preset: dict, mode: Any) -> str:
+    """Submit what the docker would send for this preset and mode (its form defaults)."""
+    controlnets = preset.get("controlnets") or ["none"]
+    form = modes.FormValues(
+        mode=mode.key,
+        prompt="a fox",
+        instruction="make it winter",
+        seed=1,
+        model=preset["name"],
+        units=[modes.UnitForm(True, "{u}", "U", "none", controlnets[0])],
+        mix_layers=[modes.MixLayer("{a}", "A"), modes.MixLayer("{b}", "B")],
+        strength=mode.default_strength or 1.0,
+    )
+    spec = presets.op_spec(welcome, preset, mode.op)
+    params = modes.build_params(form, size=(64, 64), spec=spec)
+    assert set(params) <= set(spec["params"]), (preset["name"], mode.key)
+    images = {}
+    if mode.sends_image:
+        images["image"] = _gray(64, 64, 4)
+    if mode.key == "inpaint":
+        images["mask"] = _gray(64, 64, 1)
+    if mode.key == "controlnet":
+        images["control0"] = _gray(64, 64, 4)
+    if mode.key == "mix":
+        images |= {"layer0": _gray(64, 64, 4), "layer1": _gray(32, 48, 4)}
+    if mode.key == "depth":
+        images["depth"] = _gray(64, 64, 1)
+    return client.submit(mode.op, params, images, model=preset["name"])
 
 
 def test_missing_dependencies_message(plugin: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -527,12 +661,12 @@ def _grown(box: tuple[int, int, int, int], pad: int, width: int, height: int) ->
 
 
 EXPECTED_RESULTS = [  # (job, layer name), bottom to top in the Underpaint group
-    ("inpaint", "Inpaint #1234: a red fox"),
-    ("inpaint", "Inpaint #1235: a red fox"),
-    ("refine", "Refine #7: an oil painting"),
-    ("controlnet", "ControlNet #21: a cat"),
-    ("instruct", "Instruct #5: make it winter"),
-    ("generate", "Generate #99: a blue bird"),
+    ("inpaint", "Inpaint #1234 (tiny): a red fox"),
+    ("inpaint", "Inpaint #1235 (tiny): a red fox"),
+    ("refine", "Refine #7 (tiny): an oil painting"),
+    ("controlnet", "ControlNet #21 (tiny): a cat"),
+    ("instruct", "Instruct #5 (tiny): make it winter"),
+    ("generate", "Generate #99 (tiny): a blue bird"),
 ]
 
 
@@ -595,7 +729,8 @@ def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, A
     assert "nothing was added" in res["cancel_message"]
 
     # Undo removes an inserted result in one step.
-    assert "Inpaint #11: undo me" in res["undo_before"] and "Inpaint #11: undo me" not in res["undo_after"]
+    undone = "Inpaint #11 (tiny): undo me"
+    assert undone in res["undo_before"] and undone not in res["undo_after"]
 
     # The saved .kra: original layers byte-identical, results in the group with the right names.
     assert res["saved"] and res["exported"]
@@ -636,8 +771,9 @@ def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, A
         assert not pixels[outside].any(), f"{layer_name} has pixels outside its region {region}"
         assert by_name[layer_name]["rect"] == list(region) and by_name[layer_name]["uuid"] == layer.uuid
         record = records[layer.uuid]  # parameters kept with the document, enough to reproduce it
-        assert record["name"] == layer_name and record["model"] == "tiny"
-        assert record["seed"] == record["params"]["seed"] and f"#{record['seed']}:" in layer_name
+        assert record["name"] == layer_name and record["model"] == record["preset"] == "tiny"
+        assert record["family"] == "sd15"
+        assert record["seed"] == record["params"]["seed"] and f"#{record['seed']} (tiny):" in layer_name
         assert (
             record["op"]
             == {
@@ -649,7 +785,7 @@ def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, A
             }[job_name]
         )
         assert [record["x"], record["y"]] == list(region[:2])
-    assert records[group.children[3].uuid]["control_layers"] == ["Sketch", "Background"]
+    assert records[group.children[3].uuid]["source_layers"] == ["Sketch", "Background"]
     assert records[group.children[4].uuid]["source"] == "layer:Background"  # Instruct read the active layer
     assert records[group.children[2].uuid]["source"] == "visible"
     assert records[group.children[3].uuid]["params"]["units"][0]["model"] == "scribble"
@@ -663,7 +799,7 @@ def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, A
 
     # Upscale opened a new document x4 the selected 80x60 rectangle; the 16-bit document was refused.
     assert [(d["width"], d["height"]) for d in res["upscale_docs"]] == [(320, 240)]
-    assert res["upscale_docs"][0]["layers"][-1] == "Upscale #8: a cat"
+    assert res["upscale_docs"][0]["layers"][-1] == "Upscale #8 (tiny): a cat"
     assert "RGBA 8-bit" in res["deep_message"] and "U16" in res["deep_message"] and not res["deep_busy"]
 
 
@@ -730,3 +866,173 @@ def test_krita_without_pyzmq(krita_home: Path, tmp_path: Path) -> None:
     assert res["state"] == "NO_DEPENDENCIES" and not res["generate_enabled"] and not res["busy"]
     assert "pyzmq" in res["status"] and "sudo apt install python3-zmq" in res["status"], res["status"]
     assert "pip install" in res["status"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model families in real Krita (GitHub issue #8)
+# ---------------------------------------------------------------------------------------------------
+FAMILY_STEPS = ["layout", "sdxl", "variation", "depth", "compare", "mix"]
+COMPARED = ["tiny", "tiny-sdxl"]
+TINY_PRESETS = ["tiny", "tiny-sdxl", "tiny-sd2", "tiny-sd-variation", "tiny-kandinsky22", "tiny-ddpm"]
+MODE_OF_OP = {"txt2img": "generate", "sdedit": "refine", "mix": "mix", "variation": "variation"}
+MODE_OF_OP |= {op: op for op in ("inpaint", "controlnet", "instruct", "upscale", "depth")}
+
+
+@pytest.fixture(scope="module")
+def family_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Two partial layers to mix (a sky band and a sun disc) and an opaque depth layer (near = right)."""
+    folder, picture = inputs["folder"], inputs["picture"]
+    height, width = picture.shape[:2]
+    sky = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    ImageDraw.Draw(sky).rectangle((0, 0, width - 1, 79), fill=(70, 130, 220, 255))
+    sun = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    ImageDraw.Draw(sun).ellipse((300, 20, 379, 99), fill=(250, 210, 40, 255))
+    ramp = np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+    depth = Image.fromarray(ramp, "L").convert("RGBA")
+    layers = {"Sky": sky, "Sun": sun, "Depth": depth}
+    for name, image in layers.items():
+        (folder / f"{name.lower()}.raw").write_bytes(image.tobytes())
+    return {**inputs, **{name: np.asarray(image) for name, image in layers.items()}}
+
+
+def test_krita_model_families(
+    krita_home: Path, daemon: Any, family_inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """The model picker, modes per preset, the layout at Krita's default size, and SDXL Inpaint,
+    Variation, Depth (with a depth layer), Compare and Kandinsky Mix of two layers, in real Krita."""
+    from underpaint.protocol import Client
+
+    out = tmp_path / "families"
+    folder = family_inputs["folder"]
+    config = {
+        "endpoint": daemon.endpoint,
+        "picture": str(PICTURE),
+        "mask": str(folder / "mask.raw"),
+        "sky": str(folder / "sky.raw"),
+        "sun": str(folder / "sun.raw"),
+        "depth": str(folder / "depth.raw"),
+        "kra": str(out / "families.kra"),
+        "steps": FAMILY_STEPS,
+        "mode_models": TINY_PRESETS,
+        "layout_models": ["tiny", "tiny-kandinsky22", "tiny-sd2"],
+        "compare_models": COMPARED,
+        "depth_model": "tiny-sd2",
+    }
+    with Client(daemon.endpoint, timeout=30) as client:
+        welcome = client.hello()
+    by_name = {p["name"]: p for p in welcome["models"]}
+    res = run_krita(krita_home, "scenario_families.py", out, config)["results"]
+    picture, mask = family_inputs["picture"], family_inputs["mask"]
+    height, width = mask.shape
+    assert res.get("dialogs") is None, res.get("dialogs")
+
+    # The picker lists every preset of the daemon, starts on its default, and is remembered.
+    assert res["models"] == [p["name"] for p in welcome["models"]] and res["default_model"] == "tiny"
+    assert res["saved_model"] == "tiny-sdxl" and res["model_after_reconnect"] == "tiny-sdxl"
+    # The modes follow the preset: its ops in its order, then Compare (e.g. DDPM: Generate only).
+    assert res["modes"]["tiny-ddpm"] == ["generate", "compare"]
+    assert res["modes"]["tiny-sd-variation"] == ["variation", "compare"]
+    assert "mix" in res["modes"]["tiny-kandinsky22"] and "depth" in res["modes"]["tiny-sd2"]
+    for name in TINY_PRESETS:
+        offered = [MODE_OF_OP[op] for op in by_name[name]["ops"]] + ["compare"]
+        assert res["modes"][name] == offered, (name, res["modes"][name])
+        tip = res["model_tips"][name]
+        assert by_name[name]["title"] in tip and by_name[name]["about"] in tip, tip
+        for mode, reason in res["mode_tips"][name].items():
+            if mode not in offered:  # greyed out, saying why and which models can
+                assert reason.startswith(f"{name} ({by_name[name]['title']}) cannot "), reason
+                assert "models that can: " in reason or "no model of this daemon can" in reason
+    assert "tiny-sdxl" in res["mode_tips"]["tiny-ddpm"]["inpaint"]
+    # Fields the painter left alone take each preset's defaults; what they set is kept.
+    assert res["guidance"]["tiny"] == 7.5 and res["guidance"]["tiny-kandinsky22"] == 4.0
+    assert res["guidance"]["tiny-sd-variation"] == 3.0 and res["guidance_kept"] == 6.0
+    assert res["steps"]["tiny-ddpm"] == 1000 and res["steps"]["tiny-kandinsky22"] == 50
+    assert res["steps_after_ddpm"] == 50
+
+    # Usable at Krita's default size: no horizontal scrolling in any mode; prompt and Generate shown.
+    assert res["layout"], "no layout was checked"
+    for tag, seen in res["layout"].items():
+        assert seen["hscroll"] == 0 and seen["body_width"] <= seen["viewport_width"], (tag, seen)
+        assert seen["generate_shown"] and seen["mode_shown"], (tag, seen)
+        assert seen["text_shown"] in (True, None), (tag, seen)
+        assert seen["untipped"] == [], (tag, seen["untipped"])  # every control explains itself
+        assert (out / "screens" / f"{tag.replace(':', '-')}.png").stat().st_size > 0
+    assert res["layout"]["tiny:generate"]["text_shown"] and res["layout"]["tiny:instruct"]["text_shown"]
+
+    # The model's own options: SDXL's refine is offered (and sent), SD 1.5 has none.
+    assert res["sdxl_options"] == ["refine"] and not res["tiny_options_shown"]
+    assert res["compare_options"] == ["refine"]  # what any compared preset takes
+    assert not res["variation_prompt_shown"]  # variation takes no prompt
+    jobs = res["jobs"]
+    for name in ("sdxl", "variation", "depth", "compare", "mix"):
+        assert jobs[name]["state"] == "done", (name, jobs[name])
+        assert "progress" in jobs[name]["events"], (name, jobs[name]["events"])
+    assert res["active_after_jobs"] == "Background"
+    assert "Failed" not in res["compare_message"], res["compare_message"]
+
+    doc = kra.read_kra(Path(config["kra"]))
+    top = [(layer.name, layer.nodetype) for layer in doc.layers if layer.nodetype != "selectionmask"]
+    assert top == [
+        ("Background", "paintlayer"),
+        ("Underpaint", "grouplayer"),  # above the painter's active layer
+        ("Sky", "paintlayer"),
+        ("Sun", "paintlayer"),
+        ("Underpaint", "grouplayer"),  # Mix: above the layers it blended (Sun became active)
+        ("Depth", "paintlayer"),
+    ], top
+    layers = [layer for layer in doc.layers if layer.nodetype != "selectionmask"]
+    originals = {"Background": picture, **{k: family_inputs[k] for k in ("Sky", "Sun", "Depth")}}
+    for layer in layers:
+        if layer.name in originals:  # the painter's layers, byte for byte
+            assert np.array_equal(doc.pixels(layer)[..., [2, 1, 0, 3]], originals[layer.name]), layer.name
+            assert layer.uuid == res["layers"][layer.name]
+    records = json.loads(doc.annotations["underpaint"])["layers"]
+    compared = {name: jobs["compare"]["compare"][i] for i, name in enumerate(COMPARED)}
+    expected = [  # (preset, layer name pattern), bottom to top
+        ("tiny-sdxl", re.escape("Inpaint #5 (tiny-sdxl): a red fox")),
+        ("tiny-sd-variation", re.escape("Variation #3 (tiny-sd-variation)")),
+        ("tiny-sd2", re.escape("Depth #4 (tiny-sd2): a stone cat")),
+        *[(name, re.escape(f"Refine #7 ({name}, ") + r"\d+\.\d\d s\): an oil painting") for name in COMPARED],
+    ]
+    group = layers[1]
+    assert len(group.children) == len(expected), [c.name for c in group.children]
+    padded = tuple(_grown(_bbox(mask), 32, width, height))
+    for (preset, pattern), layer in zip(expected, group.children, strict=True):
+        assert re.fullmatch(pattern, layer.name), (pattern, layer.name)
+        record = records[layer.uuid]
+        assert record["preset"] == record["model"] == preset and record["name"] == layer.name
+        assert record["family"] == by_name[preset]["family"]
+        assert set(record["params"]) <= set(by_name[preset]["op_specs"][record["op"]]["params"])
+        pixels = doc.pixels(layer)
+        alpha = pixels[..., 3]
+        assert alpha.any() and (alpha.astype(int) <= mask.astype(int)).all(), layer.name
+        outside = np.ones_like(alpha, bool)
+        x, y, w, h = padded
+        outside[y : y + h, x : x + w] = False
+        assert not pixels[outside].any(), f"{layer.name} has pixels outside {padded}"
+        assert [record["x"], record["y"]] == [x, y]
+    sdxl, variation, depth, *compare_records = (records[c.uuid] for c in group.children)
+    assert sdxl["params"]["refine"] == 0.5 and sdxl["op"] == "inpaint"
+    assert variation["op"] == "variation" and "prompt" not in variation["params"]
+    assert depth["op"] == "depth" and depth["source_layers"] == ["Depth"]
+    for name, record in zip(COMPARED, compare_records, strict=True):
+        assert record["op"] == "sdedit" and record["mode"] == "compare" and record["seed"] == 7
+        assert record["compare"]["model"] == name and record["compare"]["run"] == compared[name]["run"]
+    assert compare_records[0]["compare"]["ignored"] == ["refine"]  # SD 1.5 does not take it
+    assert compare_records[1]["params"]["refine"] == 0.5
+    assert [c.visible for c in group.children] == [True, True, True, True, False]
+
+    # Mix: two selected layers and the prompt, weighted, blended into a canvas-sized layer at (0, 0).
+    (mixed,) = layers[4].children
+    assert mixed.name == "Mix #8 (tiny-kandinsky22): a red fox", mixed.name
+    record = records[mixed.uuid]
+    assert record["op"] == "mix" and record["source_layers"] == ["Sun", "Sky"]
+    assert [(i.get("image"), i.get("prompt"), i["weight"]) for i in record["params"]["items"]] == [
+        ("layer0", None, 0.5),
+        ("layer1", None, 1.0),
+        (None, "a red fox", 2.0),
+    ]
+    assert res["mix_panel"] == ["Sun", "Sky"]
+    mix_pixels = doc.pixels(mixed)
+    assert (mix_pixels[..., 3] == 255).all() and [record["x"], record["y"]] == [0, 0]
+    assert mix_pixels[..., :3].std() > 0  # a picture, not a flat fill

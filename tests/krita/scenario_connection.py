@@ -11,17 +11,14 @@ import json
 from typing import Any
 
 from krita import Krita, Selection
-from scenario_lib import open_picture, preview_layers, set_combo, wait_for_docker
+from scenario_lib import configure, open_picture, preview_layers, set_combo, wait_for_docker
 
 
 def start_long_job(ctx: Any, docker: Any, doc: Any):
     selection = Selection()
     selection.select(100, 40, 200, 160, 255)
     doc.setSelection(selection)
-    set_combo(docker.mode_combo, "inpaint")
-    docker.prompt_edit.setPlainText("a long job")
-    docker.steps_spin.setValue(200)
-    docker.resolution_spin.setValue(512)
+    configure(docker, "inpaint", prompt="a long job", steps=200, resolution=512)
     yield ctx.wait(lambda: docker.generate_button.isEnabled(), 20, "Generate to be enabled")
     docker.generate_button.click()
     assert docker.is_busy(), f"the long job did not start: {docker.message_label.text()}"
@@ -41,7 +38,7 @@ def scenario(ctx: Any):
     docker.endpoint_edit.setText(cfg["down_endpoint"])
     docker.connect_button.click()
     yield ctx.wait(lambda: docker.connection.state.name == "DOWN", 20, "the docker to report the daemon down")
-    res["down_status"] = docker.status_label.text()
+    res["down_status"] = docker.status_label.full_text()
     res["down_generate_enabled"] = docker.generate_button.isEnabled()
     docker.generate_button.click()  # disabled: nothing happens
     res["down_busy"] = docker.is_busy()
@@ -52,15 +49,15 @@ def scenario(ctx: Any):
     yield ctx.wait(
         lambda: docker.connection.state.name == "CONNECTED",
         120,
-        f"the docker to reconnect (status {docker.status_label.text()!r})",
+        f"the docker to reconnect (status {docker.status_label.full_text()!r})",
     )
-    res["up_status"] = docker.status_label.text()
+    res["up_status"] = docker.status_label.full_text()
     res["up_generate_enabled"] = docker.generate_button.isEnabled()
     ctx.log(f"up: {res['up_status']}")
 
     # 3. Inpaint without a selection is refused with a message; closing the document mid-job cancels it.
     doc = yield from open_picture(ctx, cfg["picture"])
-    set_combo(docker.mode_combo, "inpaint")
+    set_combo(docker.form.mode_combo, "inpaint")
     docker.generate_button.click()
     res["no_selection_message"], res["no_selection_busy"] = docker.message_label.text(), docker.is_busy()
     job = yield from start_long_job(ctx, docker, doc)

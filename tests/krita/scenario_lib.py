@@ -36,7 +36,7 @@ def connect(ctx: Any, docker: Any, endpoint: str, timeout: float = 30.0) -> Any:
     yield ctx.wait(
         lambda: docker.connection.state.name == "CONNECTED",
         timeout,
-        f"the docker to connect to {endpoint} (status: {docker.status_label.text()!r})",
+        f"the docker to connect to {endpoint} (status: {docker.status_label.full_text()!r})",
     )
     ctx.log(f"connected: {docker.connection.describe()}")
 
@@ -73,31 +73,52 @@ def set_combo(combo: Any, data: Any) -> None:
     combo.setCurrentIndex(index)
 
 
+def _select_layer(combo: Any, unique_id: str) -> None:
+    """A LayerCombo: the layer with this uniqueId, or its placeholder entry for ""."""
+    if unique_id:
+        assert combo.select_layer(unique_id), f"layer {unique_id} not listed"
+    else:
+        set_combo(combo, "")
+
+
+def pick_model(docker: Any, name: str) -> None:
+    """Pick a model the way a painter does (the combo's `activated` signal saves and applies it)."""
+    combo = docker.form.model_combo
+    set_combo(combo, name)
+    combo.activated.emit(combo.currentIndex())
+
+
 def configure(docker: Any, mode: str, **fields: Any) -> None:
     """Fill the docker's form like a painter would (only the fields given; seed None = random)."""
-    set_combo(docker.mode_combo, mode)
+    form = docker.form
+    if "model" in fields:
+        pick_model(docker, fields.pop("model"))
+    set_combo(form.mode_combo, mode)
     widgets = {
-        "prompt": lambda v: docker.prompt_edit.setPlainText(v),
-        "negative": lambda v: docker.negative_edit.setText(v),
-        "instruction": lambda v: docker.instruction_edit.setText(v),
-        "strength": lambda v: docker.strength_spin.setValue(v),
-        "steps": lambda v: docker.steps_spin.setValue(v),
-        "guidance": lambda v: docker.guidance_spin.setValue(v),
-        "image_guidance": lambda v: docker.image_guidance_spin.setValue(v),
-        "variations": lambda v: docker.variations_spin.setValue(v),
-        "resolution": lambda v: docker.resolution_spin.setValue(v),
-        "padding": lambda v: docker.padding_spin.setValue(v),
-        "source": lambda v: set_combo(docker.source_combo, v),
-        "factor": lambda v: set_combo(docker.factor_combo, v),
+        "prompt": lambda v: form.prompt_edit.setPlainText(v),
+        "negative": lambda v: form.negative_edit.setText(v),
+        "instruction": lambda v: form.instruction_edit.setText(v),
+        "strength": lambda v: form.strength_spin.setValue(v),
+        "steps": lambda v: form.steps_spin.setValue(v),
+        "guidance": lambda v: form.guidance_spin.setValue(v),
+        "image_guidance": lambda v: form.image_guidance_spin.setValue(v),
+        "variations": lambda v: form.variations_spin.setValue(v),
+        "resolution": lambda v: form.resolution_spin.setValue(v),
+        "padding": lambda v: form.padding_spin.setValue(v),
+        "source": lambda v: set_combo(form.source_combo, v),
+        "factor": lambda v: set_combo(form.factor_combo, v),
+        "depth_layer": lambda v: _select_layer(form.depth_combo, v),
+        "compare_mode": lambda v: set_combo(form.compare_panel.base_combo, v),
+        "compare_models": lambda v: form.compare_panel.tick(v),
     }
     for key, value in fields.items():
         if key == "seed":
-            docker.random_seed_check.setChecked(value is None)
+            form.random_seed_check.setChecked(value is None)
             if value is not None:
-                docker.seed_edit.setText(str(value))
+                form.seed_edit.setText(str(value))
         elif key == "units":
             for unit_widget, unit in zip(
-                docker.units, value + [None] * (len(docker.units) - len(value)), strict=True
+                form.units, value + [None] * (len(form.units) - len(value)), strict=True
             ):
                 unit_widget.setChecked(unit is not None)
                 if unit is None:
@@ -118,6 +139,7 @@ def generate(ctx: Any, docker: Any, mode: str, timeout: float = 120.0, **fields:
     configure(docker, mode, **fields)
     before = len(docker.history)
     yield ctx.wait(lambda: docker.generate_button.isEnabled(), 30, "the Generate button to be enabled")
+
     docker.generate_button.click()
     if not docker.is_busy():
         raise AssertionError(f"{mode}: Generate did not start a job: {docker.message_label.text()!r}")

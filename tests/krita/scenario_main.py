@@ -42,7 +42,7 @@ def scenario(ctx: Any):
     res = ctx.results
     docker = yield from wait_for_docker(ctx)
     yield from connect(ctx, docker, cfg["endpoint"])
-    res["status"] = docker.status_label.text()
+    res["status"] = docker.status_label.full_text()
 
     doc = yield from open_picture(ctx, cfg["picture"])
     background = doc.rootNode().childNodes()[0]
@@ -71,7 +71,7 @@ def scenario(ctx: Any):
     from underpaint_krita.document import capture
 
     configure(docker, "controlnet", units=units, **common)
-    captured = capture(doc, docker.form_values(), 64)
+    captured = capture(doc, docker.form.values(), 64)
     res["capture"] = {"region": captured.region.as_list(), "keys": sorted(captured.images)}
     for key, image in captured.images.items():
         (ctx.out / f"capture_{key}.raw").write_bytes(bytes(image["data"]))
@@ -102,13 +102,8 @@ def scenario(ctx: Any):
 
     # Cancel mid-job: a long job (200 steps at 512 px), cancelled once its preview layer shows.
     before = [n.name() for n in group_layers(doc)]
-    docker.units[0].setChecked(False)
-    set_combo(docker.mode_combo, "inpaint")
-    docker.steps_spin.setValue(200)
-    docker.resolution_spin.setValue(512)
-    docker.random_seed_check.setChecked(False)
-    docker.seed_edit.setText("3")
-    docker.prompt_edit.setPlainText("cancel me")
+    docker.form.units[0].setChecked(False)
+    configure(docker, "inpaint", steps=200, resolution=512, seed=3, prompt="cancel me")
     docker.generate_button.click()
     assert docker.is_busy(), f"the long job did not start: {docker.message_label.text()}"
     yield ctx.wait(
@@ -131,7 +126,7 @@ def scenario(ctx: Any):
     }
 
     # Undo: an inserted result is one undo step.
-    docker.resolution_spin.setValue(0)
+    docker.form.resolution_spin.setValue(0)
     jobs["undo"] = yield from generate(ctx, docker, "inpaint", prompt="undo me", steps=2, seed=11)
     res["undo_before"] = [n.name() for n in group_layers(doc)]
     Krita.instance().action("edit_undo").trigger()
@@ -178,7 +173,7 @@ def scenario(ctx: Any):
     deep = Krita.instance().createDocument(64, 64, "deep", "RGBA", "U16", "", 72.0)
     Krita.instance().activeWindow().addView(deep)
     yield ctx.wait(lambda: docker.document() == deep, 10, "the 16-bit document to become current")
-    set_combo(docker.mode_combo, "refine")
+    set_combo(docker.form.mode_combo, "refine")
     docker.generate_button.click()
     res["deep_message"] = docker.message_label.text()
     res["deep_busy"] = docker.is_busy()

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import qimages
-from .modes import MODES_BY_KEY, FormValues, Mode
+from .modes import FormValues, Mode
 from .pixels import bgra_to_rgba, has_transparency, mask_bounds
 from .protocol.regions import Rect, job_region
 from .regions import working_size
+
+MIX_SIDE = 768  # px: longer side of a layer sent to Mix
 
 
 class InputError(Exception):
@@ -29,7 +31,7 @@ class Capture:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     size: tuple[int, int] | None = None  # txt2img working size
     source: str = ""
-    control_layers: list[str] = field(default_factory=list)
+    source_layers: list[str] = field(default_factory=list)  # control, depth or mixed layers, by name
 
 
 def document_problem(doc: Any) -> str | None:
@@ -104,14 +106,15 @@ def find_node(doc: Any, unique_id: str) -> Any | None:
 
 
 def capture(doc: Any, form: FormValues, resolution: int) -> Capture:
-    """Read the region, mask, image and control images the job needs (PROTOCOL.md section 7).
+    """Read the region, mask, image and extra images the job needs (PROTOCOL.md section 7).
 
-    `resolution` is the preset's native size, used for txt2img's working size.
+    `resolution` is the preset's native size, used for the working size of txt2img and mix.
+    Compare reads what its base mode reads.
     """
     problem = document_problem(doc)
     if problem:
         raise InputError(problem)
-    mode: Mode = MODES_BY_KEY[form.mode]
+    mode: Mode = form.run_mode()
     doc.waitForDone()  # pending strokes/filters must land before we read
     canvas = canvas_rect(doc)
     selected = selection_bounds(doc)
@@ -122,8 +125,12 @@ def capture(doc: Any, form: FormValues, resolution: int) -> Capture:
     region = job_region(selected, canvas, form.padding if mode.padded else 0)
     mask = read_mask(doc, region) if selected is not None and mode.op != "upscale" else None
     result = Capture(region=region, mask=mask)
-    if mode.op == "txt2img":
+    if mode.sized:
         result.size = working_size(region.width, region.height, form.resolution or resolution)
+    if mode.key == "mix":
+        result.images.update(read_mix_layers(doc, form))
+        result.source_layers = [layer.name for layer in form.mix_layers]
+    if not mode.sends_image:
         return result
     node = None
     if form.source == "layer":
@@ -135,13 +142,7 @@ def capture(doc: Any, form: FormValues, resolution: int) -> Capture:
         result.source = "visible"
     result.images["image"] = raw_rgba(read_pixels(doc, node, region), region)
     if mask is not None:
-        result.images["mask"] = {
-            "format": "raw",
-            "width": region.width,
-            "height": region.height,
-            "channels": 1,
-            "data": mask,
-        }
+        result.images["mask"] = gray_image(mask, region)
     if mode.key == "controlnet":
         for i, unit in enumerate(form.active_units()):
             control_node = find_node(doc, unit.layer_id)
@@ -151,5 +152,35 @@ def capture(doc: Any, form: FormValues, resolution: int) -> Capture:
             if unit.invert:
                 pixels = qimages.inverted(pixels, region.width, region.height)
             result.images[f"control{i}"] = raw_rgba(pixels, region)
-            result.control_layers.append(control_node.name())
+            result.source_layers.append(control_node.name())
+    if mode.key == "depth" and form.depth_layer_id:
+        depth_node = find_node(doc, form.depth_layer_id)
+        if depth_node is None:
+            raise InputError(f"Depth: the layer {form.depth_layer_name!r} is gone; pick another one.")
+        pixels = read_pixels(doc, depth_node, region)
+        result.images["depth"] = gray_image(qimages.to_gray(pixels, region.width, region.height), region)
+        result.source_layers.append(depth_node.name())
     return result
+
+
+def gray_image(data: bytes, region: Rect) -> dict[str, Any]:
+    return {"format": "raw", "width": region.width, "height": region.height, "channels": 1, "data": data}
+
+
+def read_mix_layers(doc: Any, form: FormValues) -> dict[str, dict[str, Any]]:
+    """Each layer Mix blends, as a picture of its own content (its bounds on the canvas, flattened
+    on white, at most MIX_SIDE px: the daemon only reads its look through a small image encoder)."""
+    images: dict[str, dict[str, Any]] = {}
+    canvas = canvas_rect(doc)
+    for i, layer in enumerate(form.mix_layers):
+        node = find_node(doc, layer.layer_id)
+        if node is None:
+            raise InputError(f"Mix: the layer {layer.name!r} is gone; select the layers again.")
+        x, y, w, h = node.bounds().getRect()
+        bounds = Rect(int(x), int(y), int(w), int(h)).intersected(canvas)
+        if bounds.empty:
+            raise InputError(f"Mix: the layer {layer.name!r} is empty inside the canvas.")
+        pixels = read_pixels(doc, node, bounds)
+        pixels, width, height = qimages.fit_within(pixels, bounds.width, bounds.height, MIX_SIDE)
+        images[f"layer{i}"] = raw_rgba(pixels, Rect(0, 0, width, height))
+    return images

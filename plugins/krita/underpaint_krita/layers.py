@@ -14,9 +14,10 @@ from typing import Any
 from PyQt5.QtCore import QByteArray, QTimer
 
 from . import qimages
-from .modes import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, GROUP_NAME, PREVIEW_NAME, merge_records
+from .modes import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, GROUP_NAME, PREVIEW_NAME
 from .pixels import rgba_to_bgra, set_alpha
 from .protocol.regions import Rect, placement
+from .records import merge_records
 
 MASK_TYPES = frozenset({"selectionmask", "transparencymask", "filtermask", "transformmask", "colorizemask"})
 

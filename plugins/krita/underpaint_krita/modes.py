@@ -1,16 +1,18 @@
 """What each mode of the docker sends: the op, which form fields apply, and the submit parameters.
 
-Pure Python (no Krita, no Qt), so the mapping from the form to PROTOCOL.md section 8 is unit-tested.
+Pure Python (no Krita, no Qt), so the mapping from the form to PROTOCOL.md section 8 is unit-tested;
+what is kept of a result (layer names, stored records) is in `records.py`.
+The preset's op spec (from the daemon's welcome) decides which of a mode's fields are shown and sent:
+a parameter the preset does not take is never sent, since the daemon refuses it.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
-# Form fields a mode may use (the docker shows only these).
+# Form fields a mode may use (the docker shows only these, and only when the preset takes them).
 PROMPT, NEGATIVE, INSTRUCTION, STRENGTH, IMAGE_GUIDANCE = (
     "prompt",
     "negative",
@@ -18,12 +20,46 @@ PROMPT, NEGATIVE, INSTRUCTION, STRENGTH, IMAGE_GUIDANCE = (
     "strength",
     "igs",
 )
-CONTROL, FACTOR, REGION = "control", "factor", "region"
+CONTROL, FACTOR, SOURCE, DEPTH, MIX = "control", "factor", "source", "depth", "mix"
+STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER = "steps", "guidance", "seed", "variations", "scheduler"
+RESOLUTION, PADDING, FEATHER = "resolution", "padding", "feather"
+
+COMMON = frozenset({STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER})
+REGION = frozenset({SOURCE, RESOLUTION, PADDING, FEATHER})  # ops that read the selection's pixels
+
+#: The op parameter (or image slot, as "images.NAME") behind each field: shown only if the spec has it.
+FIELD_PARAMS: dict[str, str] = {
+    PROMPT: "prompt",
+    NEGATIVE: "negative_prompt",
+    INSTRUCTION: "instruction",
+    STRENGTH: "strength",
+    IMAGE_GUIDANCE: "image_guidance_scale",
+    CONTROL: "units",
+    FACTOR: "factor",
+    SOURCE: "images.image",
+    DEPTH: "images.depth",
+    MIX: "items",
+    STEPS: "steps",
+    GUIDANCE: "guidance_scale",
+    SEED: "seed",
+    VARIATIONS: "variations",
+    SCHEDULER: "scheduler",
+    RESOLUTION: "resolution",
+    PADDING: "padding",
+    FEATHER: "feather",
+}
+#: Parameters the form itself fills in; any other parameter of a spec is an "extra" (model options).
+FORM_PARAMS = frozenset(
+    {p for p in FIELD_PARAMS.values() if not p.startswith("images.")}
+    | {"width", "height", "output_format", "op", "models"}
+)
 
 GROUP_NAME = "Underpaint"
 PREVIEW_NAME = "Underpaint preview"
 ANNOTATION_TYPE = "underpaint"
 ANNOTATION_DESCRIPTION = "Underpaint generation parameters (JSON, by layer uuid)"
+MAX_MIX_ITEMS = 8
+MAX_COMPARED = 8
 
 
 @dataclass(frozen=True)
@@ -37,6 +73,7 @@ class Mode:
     needs_selection: bool = False
     sends_image: bool = True  # the region's pixels go as `image`
     padded: bool = True  # the region is the selection grown by `padding` (ops with a mask)
+    sized: bool = False  # the result is made at a working size and fitted to the region (txt2img, mix)
     default_strength: float | None = None
     hint: str = ""
 
@@ -46,7 +83,7 @@ MODES: tuple[Mode, ...] = (
         "inpaint",
         "Inpaint",
         "inpaint",
-        frozenset({PROMPT, NEGATIVE, STRENGTH, REGION}),
+        COMMON | REGION | {PROMPT, NEGATIVE, STRENGTH},
         needs_selection=True,
         default_strength=1.0,
         hint="repaint the selection from the prompt",
@@ -55,15 +92,30 @@ MODES: tuple[Mode, ...] = (
         "refine",
         "Refine",
         "sdedit",
-        frozenset({PROMPT, NEGATIVE, STRENGTH, REGION}),
+        COMMON | REGION | {PROMPT, NEGATIVE, STRENGTH},
         default_strength=0.6,
         hint="re-paint the selection (or canvas) keeping its composition (SDEdit)",
+    ),
+    Mode(
+        "variation",
+        "Variation",
+        "variation",
+        COMMON | REGION,
+        hint="new pictures like the selection (or canvas), no prompt needed",
+    ),
+    Mode(
+        "depth",
+        "Depth",
+        "depth",
+        COMMON | REGION | {PROMPT, NEGATIVE, STRENGTH, DEPTH},
+        default_strength=0.8,
+        hint="re-paint keeping the picture's depth (estimated, or from a depth layer: white = near)",
     ),
     Mode(
         "controlnet",
         "ControlNet",
         "controlnet",
-        frozenset({PROMPT, NEGATIVE, STRENGTH, CONTROL, REGION}),
+        COMMON | REGION | {PROMPT, NEGATIVE, STRENGTH, CONTROL},
         default_strength=0.75,
         hint="repaint guided by other layers (a sketch, the photo's edges, ...)",
     ),
@@ -71,28 +123,49 @@ MODES: tuple[Mode, ...] = (
         "instruct",
         "Instruct",
         "instruct",
-        frozenset({INSTRUCTION, NEGATIVE, IMAGE_GUIDANCE, REGION}),
+        COMMON | REGION | {INSTRUCTION, NEGATIVE, IMAGE_GUIDANCE},
         hint="edit by instruction, e.g. 'make it winter' (InstructPix2Pix)",
     ),
     Mode(
         "generate",
         "Generate",
         "txt2img",
-        frozenset({PROMPT, NEGATIVE}),
+        COMMON | {PROMPT, NEGATIVE, RESOLUTION},
         sends_image=False,
         padded=False,
+        sized=True,
         hint="paint from nothing into the selection (or canvas)",
+    ),
+    Mode(
+        "mix",
+        "Mix",
+        "mix",
+        COMMON | {PROMPT, NEGATIVE, MIX, RESOLUTION},
+        sends_image=False,
+        padded=False,
+        sized=True,
+        hint="blend the layers selected in the Layers docker and the prompt, each with a weight",
     ),
     Mode(
         "upscale",
         "Upscale",
         "upscale",
-        frozenset({PROMPT, NEGATIVE, FACTOR}),
+        frozenset({STEPS, SEED, VARIATIONS, SCHEDULER, PROMPT, NEGATIVE, FACTOR}),
         padded=False,
         hint="upscale the selection's bounds (or canvas) into a new document",
     ),
+    Mode(
+        "compare",
+        "Compare",
+        "compare",
+        frozenset(),
+        hint="run one mode on several models in one job: one layer per model",
+    ),
 )
 MODES_BY_KEY = {mode.key: mode for mode in MODES}
+#: Modes Compare can run on several presets (not ControlNet: its models differ per preset; not
+#: Upscale: it opens documents; not Mix: only one family mixes).
+COMPARABLE = ("generate", "refine", "inpaint", "variation", "depth", "instruct")
 
 
 @dataclass
@@ -106,6 +179,15 @@ class UnitForm:
     model: str = ""
     weight: float = 1.0
     invert: bool = False  # dark lines on light paper -> white lines on black, as scribble/lineart expect
+
+
+@dataclass
+class MixLayer:
+    """One selected layer blended by Mix, with its weight."""
+
+    layer_id: str
+    name: str
+    weight: float = 1.0
 
 
 @dataclass
@@ -130,56 +212,121 @@ class FormValues:
     factor: int = 4
     source: str = "visible"  # "visible" (projection) or "layer" (active layer)
     units: list[UnitForm] = field(default_factory=list)
+    depth_layer_id: str = ""  # "" = the model estimates the depth
+    depth_layer_name: str = ""
+    mix_layers: list[MixLayer] = field(default_factory=list)
+    prompt_weight: float = 1.0  # Mix: the prompt's weight (an item only when the prompt is not empty)
+    compare_mode: str = "generate"  # Compare: the mode every ticked preset runs
+    compare_models: list[str] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)  # the preset's own options (param -> value)
 
     def active_units(self) -> list[UnitForm]:
         return [u for u in self.units if u.enabled and u.layer_id and u.model]
 
+    def run_mode(self) -> Mode:
+        """The mode whose fields and images the job uses (Compare's base mode for Compare)."""
+        return MODES_BY_KEY[self.compare_mode if self.mode == "compare" else self.mode]
+
+    def mix_item_count(self) -> int:
+        return len(self.mix_layers) + (1 if self.prompt.strip() else 0)
+
+
+def field_param(mode: Mode, name: str) -> str:
+    """The parameter behind a field in this mode (Mix sends its prompt as one of its `items`)."""
+    if mode.key == "mix" and name == PROMPT:
+        return "items"
+    if mode.sized and name == RESOLUTION:  # the working size becomes `width` and `height`
+        return "width"
+    return FIELD_PARAMS[name]
+
+
+def visible_fields(mode: Mode, spec: dict[str, Any] | None) -> frozenset[str]:
+    """The mode's fields that the op spec takes (all of them when the daemon sent no spec)."""
+    if spec is None:
+        return mode.fields
+    params, images = spec.get("params") or {}, spec.get("images") or {}
+
+    def takes(name: str) -> bool:
+        param = field_param(mode, name)
+        if param.startswith("images."):
+            return param.removeprefix("images.") in images
+        return param in params
+
+    return frozenset(name for name in mode.fields if takes(name))
+
 
 def validate(form: FormValues) -> str | None:
     """A message for the painter if the form cannot make a valid job, else None."""
-    mode = MODES_BY_KEY.get(form.mode)
-    if mode is None:
+    if form.mode not in MODES_BY_KEY or (form.mode == "compare" and form.compare_mode not in COMPARABLE):
         return f"unknown mode {form.mode!r}"
+    mode = form.run_mode()
+    if form.mode == "compare" and not form.compare_models:
+        return "Compare: tick the models to compare (two or more)."
+    if len(form.compare_models) > MAX_COMPARED:
+        return f"Compare runs at most {MAX_COMPARED} models in one job: untick some."
     if mode.key == "instruct" and not form.instruction.strip():
         return "Instruct needs an instruction, e.g. 'make it winter'."
     if mode.key == "controlnet" and not form.active_units():
         return "ControlNet needs at least one enabled unit with a control layer and a model."
+    if mode.key == "mix":
+        count = form.mix_item_count()
+        if not 2 <= count <= MAX_MIX_ITEMS:
+            return (
+                f"Mix blends 2 to {MAX_MIX_ITEMS} things: select layers in the Layers docker "
+                f"(Ctrl+click) and/or type a prompt ({count} now)."
+            )
+        weights = [layer.weight for layer in form.mix_layers]
+        if form.prompt.strip():
+            weights.append(form.prompt_weight)
+        if not any(w > 0 for w in weights):
+            return "Mix: give at least one item a weight above 0."
     return None
 
 
-def build_params(form: FormValues, *, size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """The `params` map of the submit (only what the op accepts; the daemon fills the rest)."""
-    mode = MODES_BY_KEY[form.mode]
-    params: dict[str, Any] = {
-        "steps": int(form.steps),
-        "variations": int(form.variations),
-        "negative_prompt": form.negative_prompt,
-    }
-    if mode.op != "upscale":  # the upscalers have their own defaults (7.5 for x4, 0 for x2)
+def build_params(
+    form: FormValues,
+    *,
+    size: tuple[int, int] | None = None,
+    spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The `params` map of the submit: only what the op spec takes (None: no spec known, send the
+    mode's fields); the daemon fills in the rest. For Compare, `spec` is the union of the ticked
+    presets' specs of the base op (the daemon gives each preset only what it takes)."""
+    mode = form.run_mode()
+    fields = visible_fields(mode, spec)
+    params: dict[str, Any] = {}
+    if STEPS in fields:
+        params["steps"] = int(form.steps)
+    if VARIATIONS in fields:
+        params["variations"] = int(form.variations)
+    if NEGATIVE in fields:
+        params["negative_prompt"] = form.negative_prompt
+    if GUIDANCE in fields:
         params["guidance_scale"] = float(form.guidance)
-    if form.seed is not None:
+    if SEED in fields and form.seed is not None:
         params["seed"] = int(form.seed)
-    if form.scheduler:
+    if SCHEDULER in fields and form.scheduler:
         params["scheduler"] = form.scheduler
-    if PROMPT in mode.fields:
+    if PROMPT in fields and mode.key != "mix":
         params["prompt"] = form.prompt
-    if INSTRUCTION in mode.fields:
+    if INSTRUCTION in fields:
         params["instruction"] = form.instruction
-    if IMAGE_GUIDANCE in mode.fields:
+    if IMAGE_GUIDANCE in fields:
         params["image_guidance_scale"] = float(form.image_guidance)
-    if STRENGTH in mode.fields:
+    if STRENGTH in fields:
         params["strength"] = float(form.strength)
-    if REGION in mode.fields:
+    if PADDING in fields:
         params["padding"] = int(form.padding)
+    if FEATHER in fields:
         params["feather"] = int(form.feather)
-        if form.resolution:
-            params["resolution"] = int(form.resolution)
-    if mode.op == "txt2img":
-        assert size is not None, "txt2img needs a working size"
+    if RESOLUTION in fields and form.resolution and not mode.sized:
+        params["resolution"] = int(form.resolution)
+    if mode.sized:
+        assert size is not None, f"{mode.label} needs a working size"
         params["width"], params["height"] = size
-    if mode.op == "upscale":
+    if FACTOR in fields:
         params["factor"] = int(form.factor)
-    if CONTROL in mode.fields:
+    if CONTROL in fields:
         params["units"] = [
             {
                 "model": u.model,
@@ -189,53 +336,36 @@ def build_params(form: FormValues, *, size: tuple[int, int] | None = None) -> di
             }
             for i, u in enumerate(form.active_units())
         ]
+    if MIX in fields:
+        params["items"] = mix_items(form)
+    params.update(form.extras)
+    if spec is not None:
+        taken = set(spec.get("params") or {})
+        params = {name: value for name, value in params.items() if name in taken}
+    if form.mode == "compare":
+        params = {"op": mode.op, "models": list(form.compare_models), **params}
     return params
 
 
-def text_head(form: FormValues, limit: int = 40) -> str:
-    """The prompt (or instruction) in a few words, for layer names."""
-    mode = MODES_BY_KEY[form.mode]
-    text = form.instruction if INSTRUCTION in mode.fields else form.prompt
-    words = " ".join(text.split())
-    return words if len(words) <= limit else words[: limit - 1].rstrip() + "\u2026"
+def mix_items(form: FormValues) -> list[dict[str, Any]]:
+    """Mix's items: each selected layer (sent as images `layerN`), then the prompt if there is one."""
+    items: list[dict[str, Any]] = [
+        {"image": f"layer{i}", "weight": float(layer.weight)} for i, layer in enumerate(form.mix_layers)
+    ]
+    if form.prompt.strip():
+        items.append({"prompt": form.prompt, "weight": float(form.prompt_weight)})
+    return items
 
 
-def layer_name(form: FormValues, seed: int) -> str:
-    """e.g. 'Inpaint #1234: a red fox' (mode, seed and prompt head)."""
-    head = text_head(form)
-    label = MODES_BY_KEY[form.mode].label
-    return f"{label} #{seed}: {head}" if head else f"{label} #{seed}"
-
-
-def generation_record(
-    form: FormValues, result: dict[str, Any], image: dict[str, Any], placed_at: tuple[int, int], extra: dict
-) -> dict[str, Any]:
-    """What is kept with the document so a result layer can be reproduced later."""
-    return {
-        "mode": form.mode,
-        "op": result.get("op"),
-        "model": result.get("model"),
-        "params": {**(result.get("params") or {}), "seed": image.get("seed", result.get("seed"))},
-        "seed": image.get("seed", result.get("seed")),
-        "x": placed_at[0],
-        "y": placed_at[1],
-        "width": image.get("width"),
-        "height": image.get("height"),
-        "form": asdict(form),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
-    }
-
-
-def merge_records(existing: bytes | None, new: dict[str, dict[str, Any]]) -> bytes:
-    """Add layer records (uuid -> record) to the document's JSON annotation, keeping the old ones."""
-    data: dict[str, Any] = {}
-    if existing:
-        try:
-            data = json.loads(bytes(existing).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            data = {}
-    if not isinstance(data, dict) or not isinstance(data.get("layers"), dict):
-        data = {"format": "underpaint-krita/1", "layers": {}}
-    data["layers"].update(new)
-    return json.dumps(data, indent=1, sort_keys=True, default=str).encode("utf-8")
+def spec_union(specs: Collection[dict[str, Any]]) -> dict[str, Any] | None:
+    """One spec that takes every parameter and image any of `specs` takes (first one's details win)."""
+    if not specs:
+        return None
+    params: dict[str, Any] = {}
+    images: dict[str, Any] = {}
+    for spec in specs:
+        for name, value in (spec.get("params") or {}).items():
+            params.setdefault(name, value)
+        for name, value in (spec.get("images") or {}).items():
+            images.setdefault(name, value)
+    return {"params": params, "images": images}

@@ -49,3 +49,24 @@ def scaled(image: QImage, width: int, height: int) -> QImage:
     if image.width() == width and image.height() == height:
         return image
     return image.scaled(width, height, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+
+
+def to_gray(data: bytes, width: int, height: int) -> bytes:
+    """One byte per pixel (luminance) of B,G,R,A pixels: a depth layer as the wire's 8-bit depth map."""
+    image = from_bgra(data, width, height).convertToFormat(QImage.Format_Grayscale8)
+    row = image.bytesPerLine()
+    bits = image.constBits()
+    bits.setsize(image.sizeInBytes())
+    raw = bytes(bits)
+    if row == width:
+        return raw
+    return b"".join(raw[y * row : y * row + width] for y in range(height))  # rows are 4-byte aligned
+
+
+def fit_within(data: bytes, width: int, height: int, longest: int) -> tuple[bytes, int, int]:
+    """B,G,R,A pixels scaled down (aspect kept) so the longer side is at most `longest`."""
+    if max(width, height) <= longest:
+        return data, width, height
+    scale = longest / max(width, height)
+    w, h = max(1, round(width * scale)), max(1, round(height * scale))
+    return to_bgra(scaled(from_bgra(data, width, height), w, h)), w, h

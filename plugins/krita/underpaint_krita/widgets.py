@@ -1,4 +1,5 @@
-"""Small Qt widgets of the docker: a layer picker that refreshes itself and a ControlNet unit editor."""
+"""Small Qt widgets of the docker: a layer picker that refreshes itself, a ControlNet unit editor, and
+helpers that keep combo boxes narrow enough for a docker at Krita's default width."""
 
 from __future__ import annotations
 
@@ -13,25 +14,40 @@ from PyQt5.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QLabel,
+    QSizePolicy,
     QWidget,
 )
 
 from .modes import UnitForm
 
 
+def compact(combo: QComboBox, chars: int = 6) -> QComboBox:
+    """Let a combo shrink to a few characters: long item texts must not widen the docker."""
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
+
+
 class LayerCombo(QComboBox):
     """Lists the document's layers (by uniqueId); re-reads them every time it opens."""
 
-    def __init__(self, layers: Callable[[], list[tuple[str, str]]], parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        layers: Callable[[], list[tuple[str, str]]],
+        parent: QWidget | None = None,
+        placeholder: str = "(choose a layer)",
+    ) -> None:
         super().__init__(parent)
+        compact(self)
         self._layers = layers
+        self._placeholder = placeholder
         self.refresh()
 
     def refresh(self) -> None:
         current = self.currentData()
         self.blockSignals(True)
         self.clear()
-        self.addItem("(choose a layer)", "")
+        self.addItem(self._placeholder, "")
         for unique_id, label in self._layers():
             self.addItem(label, unique_id)
         index = self.findData(current) if current else 0
@@ -50,18 +66,28 @@ class LayerCombo(QComboBox):
         return index >= 0
 
 
-def fill_combo(combo: QComboBox, items: list[tuple[str, Any, bool]], keep: Any = None) -> None:
-    """Replace a combo's items (label, data, enabled), keeping the current choice when still there."""
+def fill_combo(
+    combo: QComboBox,
+    items: list[tuple[str, Any, bool]],
+    keep: Any = None,
+    tips: list[str] | None = None,
+) -> None:
+    """Replace a combo's items (label, data, enabled; an optional tooltip each), keeping the current
+    choice when it is still there and enabled, else taking the first enabled item."""
     current = keep if keep is not None else combo.currentData()
     combo.blockSignals(True)
     combo.clear()
-    for label, data, enabled in items:
+    for i, (label, data, enabled) in enumerate(items):
         combo.addItem(label, data)
+        if tips is not None and tips[i]:
+            combo.setItemData(combo.count() - 1, tips[i], Qt.ToolTipRole)
         if not enabled:
             item = combo.model().item(combo.count() - 1)
             item.setFlags(item.flags() & ~Qt.ItemIsEnabled)
     index = combo.findData(current)
-    combo.setCurrentIndex(index if index >= 0 else 0)
+    if index < 0 or not items[index][2]:
+        index = next((i for i, (_, _, enabled) in enumerate(items) if enabled), 0)
+    combo.setCurrentIndex(index)
     combo.blockSignals(False)
 
 
@@ -74,13 +100,16 @@ class UnitWidget(QGroupBox):
         super().__init__(f"Unit {number}", parent)
         self.setCheckable(True)
         self.setChecked(number == 1)
+        self.setToolTip("tick to use this unit; every ticked unit with a layer and a model guides the job")
         self.setObjectName(f"underpaint_unit{number}")
         self.layer_combo = LayerCombo(layers)
         self.layer_combo.setToolTip("the layer used as control image, e.g. a sketch layer (it may be hidden)")
-        self.preprocessor_combo = QComboBox()
+        self.preprocessor_combo = compact(QComboBox())
         self.preprocessor_combo.setToolTip("'none' uses the layer as it is (a sketch or a ready control map)")
-        self.model_combo = QComboBox()
+        self.model_combo = compact(QComboBox())
+        self.model_combo.setToolTip("the ControlNet: which kind of control map it follows (the model's own)")
         self.weight_spin = QDoubleSpinBox()
+        self.weight_spin.setToolTip("how strongly this unit steers the picture (conditioning scale)")
         self.weight_spin.setRange(0.0, 2.0)
         self.weight_spin.setSingleStep(0.05)
         self.weight_spin.setValue(1.0)
@@ -124,3 +153,28 @@ class UnitWidget(QGroupBox):
             weight=float(self.weight_spin.value()),
             invert=self.invert_check.isChecked(),
         )
+
+
+class ElidedLabel(QLabel):
+    """One line that never widens the docker: the text is cut with '…' and shown whole as tooltip."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._full = ""
+        self.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+    def set_full_text(self, text: str) -> None:
+        self._full = text
+        self.setToolTip(text)
+        self._elide()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        self.setText(self.fontMetrics().elidedText(self._full, Qt.ElideRight, max(10, self.width())))
