@@ -129,25 +129,45 @@ def make_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
 
 
-def make_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
-    """A 2-layer, 32-wide CLIP text model whose special ids match the tokenizer."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def make_openclip_tokenizer() -> CLIPTokenizer:
+    """The same tiny BPE, padding with "!" like OpenCLIP's tokenizers (SD 2.x, SDXL's second)."""
+    tokenizer = make_tokenizer()
+    tokenizer.pad_token = "!"
+    return tokenizer
 
-    config = CLIPTextConfig(
+
+def clip_text_config(
+    tokenizer: CLIPTokenizer,
+    hidden_size: int = TEXT_HIDDEN,
+    intermediate_size: int = 37,
+    hidden_act: str = "quick_gelu",
+    projection_dim: int | None = None,
+) -> Any:
+    """A 2-layer CLIP text config whose special ids match the tokenizer; families pick the width and
+    activation of the encoder they imitate (OpenAI CLIP: quick_gelu, OpenCLIP: gelu)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=37,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS,
-        hidden_act="quick_gelu",
-        projection_dim=TEXT_HIDDEN,
+        hidden_act=hidden_act,
+        projection_dim=projection_dim or hidden_size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def make_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
+    """A 2-layer, 32-wide CLIP text model whose special ids match the tokenizer."""
+    from transformers import CLIPTextModel
+
     manual_seed(seed, "text_encoder")
-    return CLIPTextModel(config).eval()
+    return CLIPTextModel(clip_text_config(tokenizer)).eval()
 
 
 def make_vae(seed: int, levels: int = 4, scaling_factor: float = 0.18215) -> AutoencoderKL:

@@ -22,7 +22,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import MAX_TOKENS, TEXT_HIDDEN, Progress, copy_shared, make_tokenizer, manual_seed
+from .common import (
+    MAX_TOKENS,
+    TEXT_HIDDEN,
+    Progress,
+    clip_text_config,
+    copy_shared,
+    make_tokenizer,
+    manual_seed,
+)
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import PriorTransformer, UNet2DConditionModel, VQModel
@@ -42,21 +50,9 @@ DECODER_SHARED = ("movq", "scheduler")
 
 def make_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModelWithProjection:
     """A 2-layer CLIP text model whose projected pooled output is as wide as the image embedding."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=EMBED_DIM,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        hidden_act="gelu",
-        projection_dim=EMBED_DIM,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = clip_text_config(tokenizer, EMBED_DIM, 37, "gelu")
     manual_seed(seed, "prior/text_encoder")
     return CLIPTextModelWithProjection(config).eval()
 

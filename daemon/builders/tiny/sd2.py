@@ -28,18 +28,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import (
-    MAX_TOKENS,
     NATIVE_RESOLUTION,
     SHARED_PARTS,
     Progress,
+    clip_text_config,
     controlnet_from_unet,
     copy_shared,
-    make_tokenizer,
+    make_openclip_tokenizer,
     make_vae,
     manual_seed,
     no_safety,
     sd_scheduler,
 )
+from .sd15 import x4_schedulers
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import UNet2DConditionModel
@@ -56,30 +57,11 @@ DEPTH_SIDE = 32
 # --------------------------------------------------------------------------- models
 
 
-def make_tokenizer_sd2() -> CLIPTokenizer:
-    """The shared tiny BPE tokenizer, padding with "!" like SD 2's OpenCLIP tokenizer."""
-    tokenizer = make_tokenizer()
-    tokenizer.pad_token = "!"
-    return tokenizer
-
-
 def make_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModel:
     """A 2-layer CLIP text model with OpenCLIP's plain gelu (SD 1.x's CLIP uses quick_gelu)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=4 * TEXT_HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        hidden_act="gelu",
-        projection_dim=TEXT_HIDDEN,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = clip_text_config(tokenizer, TEXT_HIDDEN, 4 * TEXT_HIDDEN, "gelu")
     manual_seed(seed, "sd2/text_encoder")
     return CLIPTextModel(config).eval()
 
@@ -173,23 +155,6 @@ def v_scheduler() -> Any:
     )
 
 
-def x4_schedulers() -> tuple[Any, Any]:
-    """(low_res_scheduler, scheduler) shaped like stabilityai's x4 upscaler."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
-    low_res = DDPMScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
-    main = DDIMScheduler(
-        beta_start=0.0001,
-        beta_end=0.02,
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return low_res, main
-
-
 # --------------------------------------------------------------------------- folders
 
 
@@ -198,7 +163,7 @@ def _build_base(dest: Path, seed: int, say: Progress) -> dict[str, Any]:
     from diffusers import StableDiffusionPipeline
 
     say("base: tokenizer + text encoder (gelu, '!' padding)")
-    tokenizer = make_tokenizer_sd2()
+    tokenizer = make_openclip_tokenizer()
     text_encoder = make_text_encoder(tokenizer, seed)
     say("base: vae (4 levels, 8x)")
     vae = make_vae(seed)

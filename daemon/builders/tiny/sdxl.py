@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .common import (
-    MAX_TOKENS,
     NATIVE_RESOLUTION,
     TEXT_HIDDEN,
     Progress,
+    clip_text_config,
     controlnet_from_unet,
     copy_shared,
     keep_hint_scale,
+    make_openclip_tokenizer,
     make_text_encoder,
     make_tokenizer,
     make_vae,
@@ -56,30 +57,11 @@ REFINER_PARTS = ("vae", "text_encoder_2", "tokenizer_2", "scheduler")
 # --------------------------------------------------------------------------- models
 
 
-def make_tokenizer_2() -> CLIPTokenizer:
-    """SDXL's second tokenizer pads with "!" (the OpenCLIP convention), not with end-of-text."""
-    tokenizer = make_tokenizer()
-    tokenizer.pad_token = "!"
-    return tokenizer
-
-
 def make_text_encoder_2(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModelWithProjection:
     """The second encoder: CLIP with a text projection, whose pooled output conditions the UNet."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT2_HIDDEN,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        hidden_act="gelu",
-        projection_dim=TEXT2_HIDDEN,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = clip_text_config(tokenizer, TEXT2_HIDDEN, 64, "gelu")
     manual_seed(seed, "text_encoder_2")
     return CLIPTextModelWithProjection(config).eval()
 
@@ -145,7 +127,7 @@ def _build_base(dest: Path, seed: int, say: Progress) -> dict[str, Any]:
     from diffusers import StableDiffusionXLPipeline
 
     say("base: tokenizers + two text encoders")
-    tokenizer, tokenizer_2 = make_tokenizer(), make_tokenizer_2()
+    tokenizer, tokenizer_2 = make_tokenizer(), make_openclip_tokenizer()
     parts: dict[str, Any] = {
         "tokenizer": tokenizer,
         "tokenizer_2": tokenizer_2,

@@ -20,7 +20,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import MAX_TOKENS, TEXT_HIDDEN, Progress, copy_shared, make_tokenizer, manual_seed
+from .common import (
+    MAX_TOKENS,
+    TEXT_HIDDEN,
+    Progress,
+    clip_text_config,
+    copy_shared,
+    make_tokenizer,
+    manual_seed,
+)
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
@@ -61,23 +69,10 @@ DECODER_PARTS = (
 
 def make_text_encoder(tokenizer: CLIPTokenizer, seed: int) -> CLIPTextModelWithProjection:
     """unCLIP reads both the projected text embedding and the hidden states."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from transformers import CLIPTextModelWithProjection
 
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        hidden_act="quick_gelu",
-        projection_dim=CLIP_DIM,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     manual_seed(seed, "unclip/text_encoder")
-    return CLIPTextModelWithProjection(config).eval()
+    return CLIPTextModelWithProjection(clip_text_config(tokenizer, projection_dim=CLIP_DIM)).eval()
 
 
 def make_prior(seed: int) -> PriorTransformer:
