@@ -74,6 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="write the markdown report here; a file with <!-- bench:begin/end --> markers "
         "(docs/BENCHMARKS.md) gets only that block replaced",
     )
+    p.add_argument(
+        "--block",
+        help="with --out: replace the block between <!-- bench:BLOCK:begin/end --> markers instead of the "
+        "main one (e.g. --sections 7 --block families keeps the families table beside the full run's)",
+    )
     p.add_argument("--json", type=Path, help="write every raw number here (JSON)")
     p.add_argument(
         "--threads",
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report_md.markdown(report, machine_info(threads), command.strip(), when, time.time() - started)
     print(text)
     if args.out:
-        report_md.write(args.out, text)
+        report_md.write(args.out, text, args.block)
     if args.json:
         args.json.write_text(json.dumps(report.to_json() | {"command": command}, indent=1, default=str))
     failed = [name for name, ok in report.checks.items() if not ok]

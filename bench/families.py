@@ -21,7 +21,8 @@ SECTION = "7. Families"
 
 
 def job_for(preset: dict[str, Any], size: int, steps: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The preset's first op with small, comparable parameters from its own op spec."""
+    """The preset's first op with small, comparable parameters from its own op spec (a family that
+    paints at one fixed size, like DDPM or unCLIP, paints at that size: the row says which)."""
     op = preset["ops"][0]
     spec = preset["op_specs"][op]
     params: dict[str, Any] = {"seed": SEED}
@@ -30,6 +31,8 @@ def job_for(preset: dict[str, Any], size: int, steps: int) -> tuple[str, dict[st
         params["prompt"] = PROMPT
     if "width" in spec["params"]:
         params["width"] = params["height"] = size
+    if "resolution" in spec["params"]:
+        params["resolution"] = size
     images = {"image": image_object(photo((size, size)))} if spec["images"].get("image") else {}
     return op, params, images
 
@@ -47,7 +50,13 @@ def measure(report: Report, client: Client, reps: int, size: int, steps: int) ->
     for preset in presets:
         op, params, images = jobs[preset["name"]]
         first = client.run(op, params, images, model=preset["name"])
-        data[preset["name"]] = {"family": preset["family"], "op": op, "load": first["timings"]["load"]}
+        picture = first["images"][0]
+        data[preset["name"]] = {
+            "family": preset["family"],
+            "op": op,
+            "load": first["timings"]["load"],
+            "size": f"{picture['width']}x{picture['height']}",
+        }
         bar.update()
 
     def runner(name: str) -> Any:
@@ -65,7 +74,7 @@ def measure(report: Report, client: Client, reps: int, size: int, steps: int) ->
         warm_s = median(entry["warm"])
         report.add(
             SECTION,
-            f"{name} ({entry['family']}): {entry['op']} {size} px, {steps} steps",
+            f"{name} ({entry['family']}): {entry['op']} {entry['size']}, {steps} steps",
             f"{secs(warm_s)} warm, {warm_s / reference:.2f}x sd15",
             note=f"first use loads {secs(entry['load'])}",
         )

@@ -1,7 +1,9 @@
 """The markdown report: machine, command, the results table and the hard checks.
 
 `--out FILE` replaces only what lies between the two markers when FILE has them (so the prose of
-docs/BENCHMARKS.md stays), and writes the whole report otherwise.
+docs/BENCHMARKS.md stays), and writes the whole report otherwise. `--block NAME` uses the markers
+`bench:NAME:begin` / `bench:NAME:end` instead, so a run of some sections can keep its own table beside the
+full run's.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ from pathlib import Path
 
 from .common import Report
 
-BEGIN = "<!-- bench:begin -->"
-END = "<!-- bench:end -->"
+
+def markers(block: str | None) -> tuple[str, str]:
+    name = f"bench:{block}:" if block else "bench:"
+    return f"<!-- {name}begin -->", f"<!-- {name}end -->"
 
 
 def _cell(text: str) -> str:
@@ -38,13 +42,14 @@ def markdown(report: Report, machine: dict[str, str], command: str, when: str, d
     return "\n".join(lines) + "\n"
 
 
-def write(path: Path, text: str) -> None:
+def write(path: Path, text: str, name: str | None = None) -> None:
     """Replace the marked block of an existing file, or write the report with markers around it."""
-    block = f"{BEGIN}\n{text}{END}"
+    begin, end = markers(name)
+    block = f"{begin}\n{text}{end}"
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         path.write_text(head + block + tail, encoding="utf-8")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)

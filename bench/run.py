@@ -32,6 +32,8 @@ def _t2i(size: int, steps: int) -> dict[str, object]:
 
 def tiny(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> None:
     """Every section on the tiny preset: fixed costs are largest relative to the model here."""
+    if not sections & {1, 2, 3, 4, 5}:
+        return
     from underpaint.daemon.builders.tiny import ensure_tiny
 
     base_dir = ensure_tiny(models_dir, "sd15") / "base"
