@@ -65,7 +65,7 @@ sys.modules.setdefault("underpaint_protocol", _protocol)
 sys.modules.setdefault("underpaint_protocol.regions", _regions)
 
 _load_plugin_package()
-from underpaint_gimp import job, modes, placement, region, request  # noqa: E402
+from underpaint_gimp import job, modes, placement, presets, region, request  # noqa: E402
 
 ELLIPSE = (120, 20, 210, 180)  # x, y, w, h: over the cat's head
 FEATHER = 16
@@ -105,15 +105,18 @@ def test_modes_map_to_protocol_ops() -> None:
         "controlnet": "controlnet",
         "instruct": "instruct",
         "generate": "txt2img",
+        "variation": "variation",
+        "depth": "depth",
+        "mix": "mix",
+        "compare": "compare",
         "upscale": "upscale",
     }
     assert len({m.procedure for m in modes.MODES}) == len(modes.MODES)
     for mode in modes.MODES:
         names = [a.name for a in mode.args]
         assert len(names) == len(set(names)), mode.key
-        assert {"steps", "guidance", "seed", "variations", "model", "endpoint", "negative-prompt"} <= set(
-            names
-        )
+        assert {"steps", "guidance", "seed", "variations", "endpoint"} <= set(names)
+        assert ("models" if mode.key == "compare" else "model") in names, mode.key
         for arg in mode.args:
             if arg.kind in ("int", "float"):
                 assert arg.min <= arg.default <= arg.max, (mode.key, arg.name)
@@ -129,6 +132,28 @@ def test_modes_map_to_protocol_ops() -> None:
     assert {"control-layer", "preprocessor", "weight"} <= {
         a.name for a in modes.mode_by_key("controlnet").args
     }
+    compare = modes.mode_by_key("compare")
+    assert [value for value, _ in compare.arg("base-mode").choices] == list(modes.COMPARED)
+    for key in modes.COMPARED:  # Compare has every argument its base modes send
+        wanted = {a.name for a in modes.mode_by_key(key).args if a.param} - {"width", "height", "depth-layer"}
+        assert wanted <= {a.name for a in compare.args}, key
+
+
+def test_arguments_are_the_daemons_parameters(daemon) -> None:
+    """Each argument's `param` (what the dialog greys out when a preset lacks it) is a parameter or
+    image slot of its op in the daemon's own table, so the dialog and the daemon agree."""
+    with job.Session(daemon.endpoint, protocol=_protocol) as session:
+        ops = session.welcome["ops"]
+    for mode in modes.MODES:
+        inner = modes.COMPARED if mode.key == "compare" else (mode.key,)
+        for arg in mode.args:
+            if arg.param is None:
+                continue
+            slots = [
+                set(ops[modes.mode_by_key(k).op]["images" if arg.kind == "layer" else "params"])
+                for k in inner
+            ]
+            assert any(arg.param in slot for slot in slots), (mode.key, arg.name, arg.param)
 
 
 def _defaults(mode: modes.Mode, **overrides: Any) -> dict[str, Any]:
@@ -138,13 +163,17 @@ def _defaults(mode: modes.Mode, **overrides: Any) -> dict[str, Any]:
 
 
 def _crop_pixels(mode: modes.Mode, with_mask: bool = True) -> request.Pixels:
-    """What the GIMP side reads for the test selection: an RGBA crop and its 8-bit mask."""
+    """What the GIMP side reads for the test selection: an RGBA crop and its 8-bit mask (Mix: the
+    picture and a sketch as two whole layers)."""
     picture = Image.open(PICTURE).convert("RGBA")
     mask = Image.new("L", picture.size, 0)
     x, y, w, h = ELLIPSE
     ImageDraw.Draw(mask).ellipse((x, y, x + w, y + h), fill=255)
     bounds = Rect(x, y, w, h)
     image = Rect(0, 0, *picture.size)
+    if mode.source == modes.SELECTED_LAYERS:
+        sketch = _sketch().convert("RGBA")
+        return request.Pixels(bounds, layers=[(*p.size, p.tobytes()) for p in (picture, sketch)])
     if not mode.uses_image:
         return request.Pixels(bounds)
     crop = region.crop_region(image, bounds, image, PADDING)
@@ -155,7 +184,22 @@ def _crop_pixels(mode: modes.Mode, with_mask: bool = True) -> request.Pixels:
         crop,
         picture.crop(box).tobytes(),
         mask.crop(box).tobytes() if with_mask and not mode.new_image else None,
+        depth=_depth_map().crop(box).tobytes() if mode.has("depth-layer") else None,
     )
+
+
+def _sketch() -> Image.Image:
+    """White outline of a smaller ellipse on black: the control (and the second Mix) layer."""
+    sketch = Image.new("RGB", Image.open(PICTURE).size, "black")
+    x, y, w, h = ELLIPSE
+    ImageDraw.Draw(sketch).ellipse((x + 20, y + 20, x + w - 20, y + h - 20), outline="white", width=4)
+    return sketch
+
+
+def _depth_map() -> Image.Image:
+    """A left-to-right ramp, near (white) on the right: the depth layer."""
+    width, height = Image.open(PICTURE).size
+    return Image.linear_gradient("L").rotate(90).resize((width, height)).transpose(Image.FLIP_LEFT_RIGHT)
 
 
 def test_request_errors_a_user_can_fix() -> None:
@@ -166,18 +210,36 @@ def test_request_errors_a_user_can_fix() -> None:
     with pytest.raises(request.UserError, match="needs an instruction"):
         request.build_request(instruct, _defaults(instruct, instruction="  "), _crop_pixels(instruct))
     welcome = {
-        "ops": {"inpaint": {}},
+        "ops": {"inpaint": {}, "txt2img": {}},
         "default_model": "tiny",
-        "models": [{"name": "tiny", "ops": ["inpaint"]}],
+        "models": [{"name": "tiny", "ops": ["inpaint"]}, {"name": "dd", "title": "DDPM", "ops": ["txt2img"]}],
     }
     req = request.build_request(inpaint, _defaults(inpaint, model="nope"), _crop_pixels(inpaint))
     with pytest.raises(request.UserError, match="No model preset 'nope'"):
+        request.check_against_welcome(req, welcome)
+    req = request.build_request(inpaint, _defaults(inpaint, model="dd"), _crop_pixels(inpaint))
+    with pytest.raises(
+        request.UserError, match=r"'dd' \(DDPM\) cannot run 'inpaint'; presets that can: tiny"
+    ):
         request.check_against_welcome(req, welcome)
     refine = modes.mode_by_key("refine")
     with pytest.raises(request.UserError, match="does not offer 'sdedit'"):
         request.check_against_welcome(
             request.build_request(refine, _defaults(refine), _crop_pixels(refine)), welcome
         )
+    mix = modes.mode_by_key("mix")
+    one_layer = request.Pixels(Rect(0, 0, 8, 8), layers=[(8, 8, bytes(256))])
+    with pytest.raises(request.UserError, match="two or more things to blend"):
+        request.build_request(mix, _defaults(mix), one_layer)
+    with pytest.raises(request.UserError, match="3 blend weights for 2 things"):
+        request.build_request(mix, _defaults(mix, prompt="a cat", weights="1, 2, 3"), one_layer)
+    with pytest.raises(request.UserError, match="must be numbers"):
+        request.build_request(mix, _defaults(mix, prompt="a cat", weights="1, lots"), one_layer)
+    mixed = request.build_request(mix, _defaults(mix, prompt="a cat", weights="0.5"), one_layer)
+    assert mixed.params["items"] == [{"image": "layer1", "weight": 0.5}, {"prompt": "a cat", "weight": 1.0}]
+    compare = modes.mode_by_key("compare")
+    with pytest.raises(request.UserError, match="tick two or more"):
+        request.build_request(compare, _defaults(compare, models=[]), _crop_pixels(compare))
     message = job.missing_dependency_message(ModuleNotFoundError("No module named 'zmq'", name="zmq"))
     assert (
         "'zmq'" in message
@@ -186,12 +248,17 @@ def test_request_errors_a_user_can_fix() -> None:
     )
 
 
+# The preset each mode runs on in the round trip (the families that can), and its arguments.
 OVERRIDES: dict[str, dict[str, Any]] = {
     "inpaint": {"prompt": "a fox", "variations": 2},
     "refine": {"prompt": "a watercolour cat"},
     "controlnet": {"prompt": "a cat", "controlnet": "canny", "preprocessor": "canny"},
     "instruct": {"instruction": "make it winter"},
     "generate": {"prompt": "a cat on a sofa"},
+    "variation": {"model": "tiny-sd-variation"},
+    "depth": {"model": "tiny-sd2", "prompt": "a cat"},
+    "mix": {"model": "tiny-kandinsky22", "prompt": "a tiger", "weights": "1, 0.5, 2"},
+    "compare": {"models": ["tiny", "tiny-sdxl"], "base-mode": "refine", "prompt": "a cat"},
     "upscale": {"prompt": "a cat"},
 }
 
@@ -202,19 +269,27 @@ def test_every_mode_round_trips_through_the_daemon(daemon, key: str) -> None:
     mode = modes.mode_by_key(key)
     pixels = _crop_pixels(mode)
     values = _defaults(mode, steps=4, seed=11, endpoint=daemon.endpoint, **OVERRIDES[key])
+    base = modes.effective(mode, values)
     req = request.build_request(mode, values, pixels)
     reports: list[tuple[float | None, str]] = []
     with job.Session(daemon.endpoint, protocol=_protocol) as session:
+        req = session.fit(req)
         result = session.run(req, lambda fraction, text: reports.append((fraction, text)))
-    auto = mode.op == "txt2img"
-    plans = placement.plan_layers(mode, result, pixels.region, fit=auto)
-    assert len(plans) == values["variations"]
+    auto = base.result == modes.FILL
+    plans = placement.plan_layers(mode, result, pixels.region, fit=auto, not_sent=req.not_sent)
+    models = values.get("models") or [values.get("model") or "tiny"]
+    assert len(plans) == values["variations"] * len(models)
     fractions = [f for f, _ in reports if f is not None]
     assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0, reports
     for i, plan in enumerate(plans):
-        assert plan.name == f"{mode.title} seed {11 + i}"
+        model, seed = models[i // values["variations"]], 11 + i % values["variations"]
         stored = json.loads(plan.parasite)
-        assert stored["op"] == mode.op and stored["seed"] == 11 + i and stored["model"] == "tiny"
+        if key == "compare":
+            assert re.fullmatch(rf"{model} \d+\.\d+ s \({base.title} seed {seed}\)", plan.name), plan.name
+            assert stored["compared"] == models and stored["seconds"]["run"] > 0
+        else:
+            assert plan.name == f"{mode.title} seed {seed} ({model})"
+        assert stored["op"] == base.op and stored["seed"] == seed and stored["model"] == model
         assert stored["params"]["steps"] == 4
         image = result["images"][i]
         if mode.new_image:
@@ -223,6 +298,68 @@ def test_every_mode_round_trips_through_the_daemon(daemon, key: str) -> None:
             assert plan.fit == pixels.region and (plan.width, plan.height) == (216, 184)
         else:
             assert (plan.x, plan.y) == (pixels.region.x + image["x"], pixels.region.y + image["y"])
+
+
+def test_the_picked_preset_decides_what_is_sent(daemon) -> None:
+    """Parameters a preset's op spec does not list are not sent (the daemon would refuse them): a
+    DDPM preset gets no prompt; a mode the preset cannot run names the presets that can."""
+    with job.Session(daemon.endpoint, protocol=_protocol) as session:
+        catalog = presets.Catalog.from_welcome(session.welcome)
+        generate = modes.mode_by_key("generate")
+        values = _defaults(generate, steps=2, seed=3, model="tiny-ddpm", prompt="a cat", width=64, height=64)
+        pixels = _crop_pixels(generate)
+        req = session.fit(request.build_request(generate, values, pixels))
+        assert "prompt" not in req.params and "prompt" in req.not_sent
+        result = session.run(req)
+        inpaint = modes.mode_by_key("inpaint")
+        wrong = request.build_request(inpaint, _defaults(inpaint, model="tiny-ddpm"), _crop_pixels(inpaint))
+        with pytest.raises(
+            request.UserError, match=r"'tiny-ddpm' \(.+\) cannot run 'inpaint'; presets that can: "
+        ):
+            session.fit(wrong)
+    assert "prompt" not in result["params"] and result["model"] == "tiny-ddpm"
+    (plan,) = placement.plan_layers(generate, result, pixels.region, fit=True, not_sent=req.not_sent)
+    assert plan.name == "Generate seed 3 (tiny-ddpm)" and "prompt" in json.loads(plan.parasite)["not_sent"]
+    shown = presets.help_text(catalog, "tiny-ddpm", generate, "txt2img", "Generate")
+    assert shown.runnable and "Not used by this preset: Prompt, Negative prompt" in shown.notes
+    assert "DDPM" in shown.head and len(shown.about) > 100, "the family's own paragraph"
+    shown = presets.help_text(catalog, "tiny-ddpm", inpaint, "inpaint", "Inpaint")
+    assert not shown.runnable and re.search(r"presets that can: .*\btiny\b", shown.notes), shown
+    shown = presets.help_text(catalog, "", inpaint, "inpaint", "Inpaint")
+    assert shown.runnable and shown.text.startswith("tiny (the daemon's default): Stable Diffusion")
+    assert "Family settings" not in shown.text
+    shown = presets.help_text(catalog, "tiny-sdxl", inpaint, "inpaint", "Inpaint")
+    assert "Family settings it takes: refine" in shown.notes
+    sdxl = catalog.get("tiny-sdxl")
+    assert sdxl is not None
+    assert catalog.family_settings(sdxl, "inpaint")["refine"].startswith("refine=0.2, 0 … 1: share of the")
+
+
+def test_family_settings_are_typed_by_the_preset(daemon) -> None:
+    """'Family settings' reach the parameters only some families take, typed by the preset's spec;
+    a setting the preset does not take is refused here, naming the ones it does."""
+    refine = modes.mode_by_key("refine")
+    pixels = _crop_pixels(refine)
+    values = _defaults(refine, steps=2, seed=5, prompt="a cat")
+    with job.Session(daemon.endpoint, protocol=_protocol) as session:
+        sdxl = request.build_request(
+            refine, {**values, "model": "tiny-sdxl", "family-settings": "refine=0.5"}, pixels
+        )
+        sdxl = session.fit(sdxl)
+        assert sdxl.params["refine"] == 0.5 and isinstance(sdxl.params["refine"], float)
+        assert session.run(sdxl)["params"]["refine"] == 0.5
+        sd15 = request.build_request(
+            refine, {**values, "model": "tiny", "family-settings": "refine=0.5"}, pixels
+        )
+        with pytest.raises(
+            request.UserError, match=r"tiny does not take the setting 'refine' for sdedit; .*scheduler"
+        ):
+            session.fit(sd15)
+        bad = {**values, "model": "tiny-sdxl", "family-settings": "refine=lots"}
+        with pytest.raises(request.UserError, match="refine must be a number"):
+            session.fit(request.build_request(refine, bad, pixels))
+    with pytest.raises(request.UserError, match="name=value pairs"):
+        request.build_request(refine, {**values, "family-settings": "refine"}, pixels)
 
 
 def test_daemon_down_fails_fast_with_a_clear_message() -> None:
@@ -353,7 +490,10 @@ def test_install_plugin_layout(tmp_path: Path) -> None:
     script = folder / "underpaint.py"
     assert script.read_text().startswith("#!/usr/bin/env python3")
     assert os.access(script, os.X_OK)
-    for name in ("__init__", "modes", "region", "request", "placement", "job", "gimp_io", "procedures"):
+    for name in (
+        *("__init__", "modes", "presets", "region", "request", "placement", "job"),
+        *("gimp_io", "procedures", "dialog"),
+    ):
         assert (folder / "underpaint_gimp" / f"{name}.py").is_file(), name
     for name in ("__init__.py", "client.py", "messages.py", "regions.py"):
         assert (folder / "underpaint_protocol" / name).read_bytes() == (REPO / "protocol" / name).read_bytes()
@@ -464,10 +604,8 @@ def gimp() -> Iterator[GimpEnv]:
             for script in ("batch_calls.py", "interactive.py"):
                 (work / script).write_bytes((HERE / "gimp" / script).read_bytes())
             Image.open(PICTURE).save(work / "chelsea.png")
-            sketch = Image.new("RGB", Image.open(PICTURE).size, "black")
-            x, y, w, h = ELLIPSE
-            ImageDraw.Draw(sketch).ellipse((x + 20, y + 20, x + w - 20, y + h - 20), outline="white", width=4)
-            sketch.save(work / "sketch.png")
+            _sketch().save(work / "sketch.png")
+            _depth_map().save(work / "depth.png")
             with gimp_chroot.mounted(root):
                 yield GimpEnv(root, work, home)
         finally:
@@ -494,6 +632,8 @@ def _mode_calls(endpoint: str, gimp: GimpEnv) -> list[dict[str, Any]]:
     }
     calls = []
     for mode in modes.MODES:
+        if mode.key not in call:
+            continue  # the other families' modes: gimp_families
         entry: dict[str, Any] = {
             "name": mode.key,
             "procedure": mode.procedure,
@@ -501,7 +641,9 @@ def _mode_calls(endpoint: str, gimp: GimpEnv) -> list[dict[str, Any]]:
             "selection": ["rect", *UPSCALE_RECT, 0] if mode.new_image else SELECTION,
         }
         if mode.key == "controlnet":
-            entry["control_picture"] = gimp.inside(gimp.work / "sketch.png")
+            sketch = gimp.inside(gimp.work / "sketch.png")
+            entry["layers"] = [{"picture": sketch, "name": "control", "hidden": True}]
+            entry["args"]["control-layer"] = {"layer": "control"}
         if mode.new_image:
             entry["returns_image"] = True
         calls.append(entry)
@@ -526,6 +668,7 @@ def test_gimp_registers_every_procedure(gimp_modes: dict[str, Any]) -> None:
         "float": "gdouble",
         "choice": "gchararray",
         "layer": "GimpLayer",
+        "strings": "GStrv",
     }
     for mode in modes.MODES:
         info = gimp_modes["procedures"][mode.procedure]
@@ -557,66 +700,89 @@ def _expected_region(selection: np.ndarray, padding: int) -> Rect:
     return bounds.grown(padding).intersected(Rect(0, 0, selection.shape[1], selection.shape[0]))
 
 
-@pytest.mark.parametrize("key", ["inpaint", "refine", "controlnet", "instruct", "generate"])
-def test_gimp_mode_adds_layers_and_keeps_the_rest(gimp_modes: dict[str, Any], key: str) -> None:
-    out, entry = gimp_modes["out"], gimp_modes["calls"][key]
-    mode = modes.mode_by_key(key)
-    assert entry["success"], f"{entry['error']}\n{gimp_modes['log']}"
+def _check_added_layers(
+    out: Path, entry: dict[str, Any], call: str, names: list[str], extra: list[str], fill: bool = False
+) -> list[dict[str, Any]]:
+    """The checks every call that adds layers must pass; returns the result layers' rows.
+
+    The results are `names` (top to bottom) in the Underpaint group, just above the active layer;
+    `extra` are the other top-level layers above Background (hidden: they cover nothing) in their
+    expected order, "Underpaint" marking the group's place (default: below them all); a patch covers
+    the selection grown by the padding with alpha 0 outside the selection; a fill covers the
+    selection's box, masked by it; the original layer is byte-identical and the composite unchanged
+    outside the selection, changed inside.
+    """
+    assert entry["success"], entry["error"]
     image = entry["image"]
-    h, w = _original().shape[:2]
+    original = _original()
+    h, w = original.shape[:2]
     assert (image["width"], image["height"]) == (w, h)
-    selection = _gray(out, f"{key}-selection.y", w, h)
+    selection = _gray(out, f"{call}-selection.y", w, h)
     assert selection.max() == 255 and 0 < selection[(selection > 0) & (selection < 255)].size, "not feathered"
     layers = image["layers"]
     top = [row for row in layers if row["parent"] is None]
-    expected_top = (
-        ["Underpaint", "Background"] if key != "controlnet" else ["control", "Underpaint", "Background"]
-    )
-    assert [row["name"] for row in top] == expected_top
+    expected = [*extra, "Background"] if "Underpaint" in extra else [*extra, "Underpaint", "Background"]
+    assert [row["name"] for row in top] == expected
     group = next(row for row in top if row["name"] == "Underpaint")
     assert group["group"] and "underpaint-group" in group["parasites"]
     results = [row for row in layers if row["parent"] == "Underpaint"]
-    variations = 2 if key == "inpaint" else 1
-    assert [row["name"] for row in results] == [f"{mode.title} seed {7 + i}" for i in range(variations)]
-
-    # the patch sits at the crop's origin plus the daemon's offset: the selection grown by padding
-    if key == "generate":
-        bounds = _expected_region(selection, 0)
-        expected = (bounds.x, bounds.y, bounds.width, bounds.height)
-    else:
-        crop = _expected_region(selection, PADDING)
-        expected = (crop.x, crop.y, crop.width, crop.height)
-    for i, row in enumerate(results):
-        assert (row["x"], row["y"], row["width"], row["height"]) == expected, row
+    assert [row["name"] for row in results] == names
+    crop = _expected_region(selection, 0 if fill else PADDING)
+    for row in results:
+        assert (row["x"], row["y"], row["width"], row["height"]) == (crop.x, crop.y, crop.width, crop.height)
         stored = json.loads(row["parasites"]["underpaint-params"])
-        assert stored["op"] == mode.op and stored["seed"] == 7 + i and stored["model"] == "tiny"
         assert stored["params"]["steps"] == STEPS and stored["params"]["seed"] == 7
-        assert stored["region"][:2] == [row["x"], row["y"]] or key == "generate"
+        assert stored["region"][:2] == [row["x"], row["y"]] or fill
         pixels = _rgba(out, row["pixels"], row["width"], row["height"])
         under = selection[row["y"] : row["y"] + row["height"], row["x"] : row["x"] + row["width"]]
-        if key == "generate":
-            assert row["mask"], "Generate masks its layer with the selection"
-            mask = _gray(out, row["mask_pixels"], row["width"], row["height"])
-            assert np.array_equal(mask, under)
+        if fill:
+            assert row["mask"], "a picture filling the selection is masked with it"
+            assert np.array_equal(_gray(out, row["mask_pixels"], row["width"], row["height"]), under)
         else:
+            assert not row["mask"]
             assert not pixels[..., 3][under == 0].any(), "result alpha must be 0 outside the selection"
             assert pixels[..., 3][under == 255].min() > 0
-
-    # existing layers byte-identical, composite unchanged outside the selection and changed inside
-    original = _original()
     background = next(row for row in top if row["name"] == "Background")
     assert (background["x"], background["y"], background["width"], background["height"]) == (0, 0, w, h)
     assert np.array_equal(_rgba(out, background["pixels"], w, h), original)
-    if key == "controlnet":
-        control = next(row for row in top if row["name"] == "control")
-        sketch = np.asarray(Image.open(gimp_modes["out"].parent / "sketch.png").convert("RGBA"))
-        assert np.array_equal(_rgba(out, control["pixels"], w, h), sketch)
-        return  # the control layer covers the picture in the composite
     composite = _rgba(out, image["composite"], w, h)
     outside = selection == 0
     assert np.array_equal(composite[outside], original[outside])
     inside = selection == 255
     assert (composite[inside][:, :3] != original[inside][:, :3]).any(), "nothing was painted"
+    return results
+
+
+SELECTED = {"image": "Background", "mask": "the selection"}
+SOURCES = {  # the `images` of each mode's parasite (Refine is called with the visible image)
+    "inpaint": SELECTED,
+    "refine": {"image": "the visible image", "mask": "the selection"},
+    "controlnet": {**SELECTED, "control": "control"},
+    "instruct": SELECTED,
+    "generate": {},
+}
+
+
+@pytest.mark.parametrize("key", ["inpaint", "refine", "controlnet", "instruct", "generate"])
+def test_gimp_mode_adds_layers_and_keeps_the_rest(gimp_modes: dict[str, Any], key: str) -> None:
+    out, entry = gimp_modes["out"], gimp_modes["calls"][key]
+    mode = modes.mode_by_key(key)
+    names = [f"{mode.title} seed {7 + i} (tiny)" for i in range(2 if key == "inpaint" else 1)]
+    extra = ["control"] if key == "controlnet" else []
+    try:
+        results = _check_added_layers(out, entry, key, names, extra, fill=key == "generate")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{gimp_modes['log']}") from exc
+    for i, row in enumerate(results):
+        stored = json.loads(row["parasites"]["underpaint-params"])
+        assert stored["op"] == mode.op and stored["seed"] == 7 + i and stored["model"] == "tiny"
+        assert stored["not_sent"] == []
+        assert stored["images"] == SOURCES[key], "where each input image came from"
+    if key == "controlnet":
+        control = next(row for row in entry["image"]["layers"] if row["name"] == "control")
+        h, w = _original().shape[:2]
+        sketch = np.asarray(_sketch().convert("RGBA"))
+        assert np.array_equal(_rgba(out, control["pixels"], w, h), sketch)
 
 
 def test_gimp_grayscale_image(gimp_modes: dict[str, Any]) -> None:
@@ -625,10 +791,10 @@ def test_gimp_grayscale_image(gimp_modes: dict[str, Any]) -> None:
     assert entry["success"], f"{entry['error']}\n{gimp_modes['log']}"
     h, w = _original().shape[:2]
     layers = {row["name"]: row for row in entry["image"]["layers"]}
-    assert list(layers) == ["Underpaint", "Inpaint seed 7", "Background"]
+    assert list(layers) == ["Underpaint", "Inpaint seed 7 (tiny)", "Background"]
     selection = _gray(out, "inpaint-gray-selection.y", w, h)
     crop = _expected_region(selection, PADDING)
-    row = layers["Inpaint seed 7"]
+    row = layers["Inpaint seed 7 (tiny)"]
     assert (row["x"], row["y"], row["width"], row["height"]) == (crop.x, crop.y, crop.width, crop.height)
     result = _rgba(out, row["pixels"], row["width"], row["height"])
     assert np.array_equal(result[..., 0], result[..., 1]), "a gray layer reads back with R = G"
@@ -649,9 +815,134 @@ def test_gimp_upscale_makes_a_new_image(gimp_modes: dict[str, Any]) -> None:
     _, _, rw, rh = UPSCALE_RECT
     assert (new["width"], new["height"]) == (4 * rw, 4 * rh)
     (row,) = new["layers"]
-    assert row["name"] == "Upscale seed 7" and (row["x"], row["y"]) == (0, 0)
+    assert row["name"] == "Upscale seed 7 (tiny)" and (row["x"], row["y"]) == (0, 0)
     stored = json.loads(row["parasites"]["underpaint-params"])
     assert stored["op"] == "upscale" and stored["params"]["factor"] == 4
+
+
+# -- other model families in real GIMP ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gimp_families(gimp: GimpEnv, daemon) -> dict[str, Any]:
+    """The non-SD1.5 families end to end in one gimp-console session: SDXL inpaint, Kandinsky Mix
+    from two layers, Compare, DDPM (no prompt sent), Variation, Depth with a depth layer, and a mode
+    the picked preset cannot run."""
+    common = {"endpoint": daemon.endpoint, "steps": STEPS, "seed": 7}
+    sketch = {"picture": gimp.inside(gimp.work / "sketch.png"), "name": "sketch", "hidden": True}
+    depth = {"picture": gimp.inside(gimp.work / "depth.png"), "name": "depth", "hidden": True}
+    mix = modes.mode_by_key("mix").procedure
+    calls = [
+        {"name": "sdxl", "procedure": modes.mode_by_key("inpaint").procedure, "selection": SELECTION,
+         "args": {**common, "model": "tiny-sdxl", "prompt": "a fox head", "family-settings": "refine=0.5"}},
+        {"name": "mix", "procedure": mix, "selection": SELECTION, "layers": [sketch], "drawables": "reversed",
+         "args": {**common, "model": "tiny-kandinsky22", "prompt": "a tiger", "weights": "1, 0.5, 2"}},
+        {"name": "compare", "procedure": modes.mode_by_key("compare").procedure, "selection": SELECTION,
+         "args": {**common, "models": COMPARED, "base-mode": "generate", "prompt": "a cat"}},
+        {"name": "ddpm", "procedure": modes.mode_by_key("generate").procedure, "selection": SELECTION,
+         "args": {**common, "model": "tiny-ddpm", "prompt": "a cat"}},
+        {"name": "variation", "procedure": modes.mode_by_key("variation").procedure, "selection": SELECTION,
+         "args": {**common, "model": "tiny-sd-variation"}},
+        {"name": "depth", "procedure": modes.mode_by_key("depth").procedure, "selection": SELECTION,
+         "layers": [depth],
+         "args": {**common, "model": "tiny-sd2", "prompt": "a cat", "depth-layer": {"layer": "depth"}}},
+        {"name": "cannot", "procedure": modes.mode_by_key("inpaint").procedure, "selection": SELECTION,
+         "args": {**common, "model": "tiny-sd-variation", "prompt": "a fox"}},
+    ]  # fmt: skip
+    return gimp.batch("families", calls)
+
+
+COMPARED = ["tiny", "tiny-sdxl", "tiny-ddpm"]
+
+
+def _family_call(gimp_families: dict[str, Any], call: str) -> tuple[Path, dict[str, Any]]:
+    entry = gimp_families["calls"][call]
+    assert entry["success"], f"{entry['error']}\n{gimp_families['log']}"
+    return gimp_families["out"], entry
+
+
+@pytest.mark.parametrize(
+    ("call", "model", "title"),
+    [
+        ("sdxl", "tiny-sdxl", "Inpaint"),
+        ("variation", "tiny-sd-variation", "Variation"),
+        ("depth", "tiny-sd2", "Depth"),
+    ],
+)
+def test_gimp_other_families_patch_the_selection(
+    gimp_families: dict[str, Any], call: str, model: str, title: str
+) -> None:
+    """SDXL, SD image variation and SD 2 depth-to-image paste back into the selection like SD 1.5."""
+    out, entry = _family_call(gimp_families, call)
+    extra = ["depth"] if call == "depth" else []
+    (row,) = _check_added_layers(out, entry, call, [f"{title} seed 7 ({model})"], extra)
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    assert stored["model"] == model and stored["op"] == modes.mode_by_key(title.lower()).op
+    sources = {"image": "Background", "mask": "the selection"}
+    assert stored["images"] == ({**sources, "depth": "depth"} if call == "depth" else sources)
+    if call == "sdxl":
+        assert stored["params"]["refine"] == 0.5, "a family setting reaches SDXL's refiner"
+    if call == "variation":
+        assert "prompt" not in stored["params"], "Variation takes no prompt"
+
+
+def test_gimp_kandinsky_mix_from_layers(gimp_families: dict[str, Any]) -> None:
+    """Mix blends the selected layers (top to bottom) and the prompt with their weights into the
+    selection; the layers themselves stay as they were."""
+    out, entry = _family_call(gimp_families, "mix")
+    above = ["Underpaint", "sketch"]  # the group goes above the topmost selected layer
+    (row,) = _check_added_layers(out, entry, "mix", ["Mix seed 7 (tiny-kandinsky22)"], above, fill=True)
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    assert stored["model"] == "tiny-kandinsky22" and stored["op"] == "mix"
+    assert stored["images"] == {"layer1": "sketch", "layer2": "Background"}, "top to bottom"
+    items = stored["params"]["items"]
+    assert [(i["image"], i["prompt"], i["weight"]) for i in items] == [
+        ("layer1", None, 1.0),
+        ("layer2", None, 0.5),
+        (None, "a tiger", 2.0),
+    ]
+    sketch = next(r for r in entry["image"]["layers"] if r["name"] == "sketch")
+    h, w = _original().shape[:2]
+    assert np.array_equal(_rgba(out, sketch["pixels"], w, h), np.asarray(_sketch().convert("RGBA")))
+
+
+def test_gimp_compare_adds_one_layer_per_preset(gimp_families: dict[str, Any]) -> None:
+    """Compare runs Generate with the same seed on every preset: one layer each, named with the preset
+    and its seconds, storing what that preset ran and what it ignored."""
+    out, entry = _family_call(gimp_families, "compare")
+    rows = [r for r in entry["image"]["layers"] if r["parent"] == "Underpaint"]
+    names = [r["name"] for r in rows]
+    assert len(names) == len(COMPARED), names
+    for model, name in zip(COMPARED, names, strict=True):
+        assert re.fullmatch(rf"{model} \d+\.\d+ s \(Generate seed 7\)", name), name
+    _check_added_layers(out, entry, "compare", names, [], fill=True)
+    stored = {
+        model: json.loads(r["parasites"]["underpaint-params"])
+        for model, r in zip(COMPARED, rows, strict=True)
+    }
+    for model, data in stored.items():
+        assert data["model"] == model and data["op"] == "txt2img" and data["compared"] == COMPARED
+        assert data["seconds"]["run"] > 0 and data["params"]["seed"] == 7
+    assert "prompt" in stored["tiny-ddpm"]["ignored"] and "prompt" not in stored["tiny-ddpm"]["params"]
+    assert stored["tiny-sdxl"]["params"]["prompt"] == "a cat"
+
+
+def test_gimp_ddpm_gets_no_prompt(gimp_families: dict[str, Any]) -> None:
+    """An unconditional DDPM preset is sent only what its op spec lists: the prompt stays home (the
+    daemon would refuse it) and the layer says it was not sent."""
+    out, entry = _family_call(gimp_families, "ddpm")
+    (row,) = _check_added_layers(out, entry, "ddpm", ["Generate seed 7 (tiny-ddpm)"], [], fill=True)
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    assert stored["model"] == "tiny-ddpm" and "prompt" not in stored["params"]
+    assert "prompt" in stored["not_sent"]
+
+
+def test_gimp_preset_that_cannot_run_the_mode(gimp_families: dict[str, Any]) -> None:
+    entry = gimp_families["calls"]["cannot"]
+    assert not entry["success"] and entry["status"] == "execution-error", entry
+    assert "'tiny-sd-variation'" in entry["error"] and "cannot run 'inpaint'" in entry["error"]
+    assert re.search(r"presets that can: .*\btiny-sdxl\b", entry["error"]), entry["error"]
+    assert [row["name"] for row in entry["image"]["layers"]] == ["Background"]
 
 
 def test_gimp_error_paths(gimp: GimpEnv, other_protocol_daemon: str) -> None:
@@ -737,11 +1028,14 @@ def test_gimp_script_fu_batch_call(gimp: GimpEnv, daemon) -> None:
     argv = ["gimp-console-3.0", "-i", "--batch-interpreter=plug-in-script-fu-eval"]
     argv += ["-b", f'(load "{gimp.inside(out / "call.scm")}")', "--quit"]
     run, where = gimp.run(argv, {}, out)
-    assert "UNDERPAINT-SF Underpaint/Inpaint seed 5 top=2" in run.output, where
+    assert "UNDERPAINT-SF Underpaint/Inpaint seed 5 (tiny) top=2" in run.output, where
 
 
 def test_gimp_dialogs(gimp: GimpEnv, daemon) -> None:
-    """Interactive mode: the procedure dialog opens; OK runs the job, Cancel adds nothing."""
+    """Interactive mode: the procedure dialog opens with the daemon's presets; OK runs the job, Cancel
+    adds nothing; OK stays disabled while the picked preset cannot run the mode (Return does nothing,
+    Escape then cancels); Compare's ticked presets each add a layer; with the daemon down the dialog
+    still opens (and says so) and the run reports it. Every dialog fits the screen (photographed)."""
     base = {"endpoint": daemon.endpoint, "steps": STEPS, "seed": 7}
     calls = [
         {"name": "dialog-ok", "procedure": "plug-in-underpaint-inpaint", "selection": SELECTION,
@@ -750,15 +1044,47 @@ def test_gimp_dialogs(gimp: GimpEnv, daemon) -> None:
          "interactive": True, "args": {**base, "prompt": "a fox"}},
         {"name": "dialog-upscale", "procedure": "plug-in-underpaint-upscale", "returns_image": True,
          "selection": ["rect", *UPSCALE_RECT, 0], "interactive": True, "args": {**base, "prompt": "a cat"}},
+        {"name": "dialog-cannot", "procedure": "plug-in-underpaint-variation", "selection": SELECTION,
+         "interactive": True, "args": {**base, "model": ""}},
+        {"name": "dialog-compare", "procedure": "plug-in-underpaint-compare", "selection": SELECTION,
+         "interactive": True, "args": {**base, "models": ["tiny", "tiny-sdxl"], "base-mode": "inpaint"}},
+        {"name": "dialog-down", "procedure": "plug-in-underpaint-generate", "selection": SELECTION,
+         "interactive": True, "args": {**base, "endpoint": "tcp://127.0.0.1:9"}},
     ]  # fmt: skip
-    answers = {"Underpaint Inpaint": "Return", "Underpaint Refine": "alt+c", "Underpaint Upscale": "Return"}
+    answers = {
+        "Underpaint Inpaint": "alt+m Return",  # Return in the preset picker's entry runs it too
+        "Underpaint Refine": "alt+c",
+        "Underpaint Upscale": "Return",
+        "Underpaint Variation": "Return Escape",  # the daemon's default, tiny, cannot run Variation
+        "Underpaint Compare": "Return",
+        "Underpaint Generate": "Return",
+    }
     result = gimp.batch("dialogs", calls, dialogs=answers)
-    answered = (result["out"] / "dialogs.txt").read_text().splitlines()
+    out = result["out"]
+    answered = (out / "dialogs.txt").read_text().splitlines()
     assert answered == [f"{title}\t{key}" for title, key in answers.items()], result["log"]
-    ok, cancel, upscale = (result["calls"][c["name"]] for c in calls)
+    ok, cancel, upscale, cannot, compare, down = (result["calls"][c["name"]] for c in calls)
     assert ok["success"], f"{ok['error']}\n{result['log']}"
-    assert [row["name"] for row in ok["image"]["layers"]] == ["Underpaint", "Inpaint seed 7", "Background"]
+    assert [row["name"] for row in ok["image"]["layers"]] == [
+        "Underpaint",
+        "Inpaint seed 7 (tiny)",
+        "Background",
+    ]
     assert cancel["status"] == "cancel", cancel
     assert [row["name"] for row in cancel["image"]["layers"]] == ["Background"]
     assert upscale["success"], f"{upscale['error']}\n{result['log']}"
     assert (upscale["new_image"]["width"], upscale["new_image"]["height"]) == (160, 120)
+    assert cannot["status"] == "cancel", cannot
+    assert [row["name"] for row in cannot["image"]["layers"]] == ["Background"]
+    assert compare["success"], f"{compare['error']}\n{result['log']}"
+    names = [row["name"] for row in compare["image"]["layers"] if row["parent"] == "Underpaint"]
+    assert [name.split()[0] for name in names] == ["tiny", "tiny-sdxl"], names
+    assert all(name.endswith("(Inpaint seed 7)") for name in names), names
+    assert not down["success"] and "not answering at tcp://127.0.0.1:9" in down["error"], down
+    shots = json.loads((out / "dialogs.json").read_text())
+    screen_w, screen_h = shots["screen"]
+    assert [shot["title"] for shot in shots["dialogs"]] == list(answers)
+    for shot in shots["dialogs"]:
+        x, y, w, h = shot["geometry"]
+        assert w <= screen_w and h <= min(screen_h, 900), shot  # fits a laptop screen too
+        assert Image.open(out / shot["png"]).size == (w, h)

@@ -3,8 +3,11 @@ user would, then save, reload and describe the results for pytest to check.
 
 Driven by the JSON file named in the UNDERPAINT_BATCH_SPEC environment variable:
   {"picture": path, "out": dir, "procedures": [names to describe],
-   "calls": [{"name", "procedure", "args": {...}, "selection": ..., "control_picture": path or null,
+   "calls": [{"name", "procedure", "args": {...}, "selection": ..., "layers": [{"picture", "name", "hidden"}],
+              "drawables": "all" or "reversed" (every top-level layer, top to bottom or bottom to top;
+                           default: the picture's layer),
               "grayscale": bool, "interactive": bool, "returns_image": bool}]}
+An argument given as {"layer": name} is the layer of that name (one of `layers`).
 Writes `<out>/result.json` (always, even on errors: gimp-console exits 0 on caught exceptions) with,
 per call: the PDB status, the error message, the duration, and the reloaded .xcf's layer tree with
 every layer's pixels dumped as raw RGBA files beside it.
@@ -107,13 +110,21 @@ def run_call(call):
     if call.get("grayscale"):
         image.convert_grayscale()
     layer = image.get_layers()[0]
-    args = dict(call.get("args") or {})
-    if call.get("control_picture"):
-        control = Gimp.file_load_layer(NONINTERACTIVE, image, Gio.File.new_for_path(call["control_picture"]))
-        control.set_name("control")
-        image.insert_layer(control, None, 0)
-        args["control-layer"] = control
-    image.set_selected_layers([layer])
+    named = {}
+    for extra in call.get("layers") or []:
+        added = Gimp.file_load_layer(NONINTERACTIVE, image, Gio.File.new_for_path(extra["picture"]))
+        added.set_name(extra["name"])
+        added.set_visible(not extra.get("hidden"))
+        image.insert_layer(added, None, 0)
+        named[extra["name"]] = added
+    args = {
+        key: named[value["layer"]] if isinstance(value, dict) else value
+        for key, value in (call.get("args") or {}).items()
+    }
+    drawables = {"all": list(image.get_layers()), "reversed": list(image.get_layers())[::-1]}.get(
+        call.get("drawables"), [layer]
+    )
+    image.set_selected_layers(drawables)
     make_selection(image, call.get("selection"))
     dump(image.get_selection(), os.path.join(OUT, f"{call['name']}-selection.y"), "Y u8")
     layers_before = len(image.get_layers())
@@ -122,7 +133,7 @@ def run_call(call):
     config = procedure.create_config()
     config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if call.get("interactive") else NONINTERACTIVE)
     config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
+    config.set_core_object_array("drawables", drawables)
     for key, value in args.items():
         config.set_property(key, value)
     started = time.monotonic()

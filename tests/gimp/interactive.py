@@ -1,17 +1,23 @@
 """Runs inside the chroot: a command (gimp-console) on a virtual X display while a "user" answers every
-Underpaint dialog with the key given for its title (Return = OK, Escape = Cancel).
+Underpaint dialog with the keys given for its title (Return = OK, Escape = Cancel; several keys are
+pressed in turn, e.g. 'alt+m Down Return'; the word 'shot' photographs the whole screen there).
 
     python3 interactive.py OUT_DIR 'Underpaint Inpaint=Return' ... -- gimp-console-3.0 ...
 
-Writes OUT_DIR/dialogs.txt (one "title<TAB>key" line per dialog answered) and exits with the
-command's exit status. Xvfb gets a display number no other X server (host or chroot) uses.
+Before answering, each dialog is photographed into OUT_DIR/dialog-<n>.png with its size in
+OUT_DIR/dialogs.json. Writes OUT_DIR/dialogs.txt (one "title<TAB>keys" line per dialog answered) and
+exits with the command's exit status. Xvfb gets a display number no other X server (host or chroot)
+uses.
 """
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+
+SCREEN = (1280, 1024)  # the virtual display's size
 
 
 def _display_taken(number):
@@ -29,7 +35,9 @@ def start_xvfb(log):
         if _display_taken(number):
             continue
         xvfb = subprocess.Popen(
-            ["Xvfb", f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"], stdout=log, stderr=log
+            ["Xvfb", f":{number}", "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+            stdout=log,
+            stderr=log,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and xvfb.poll() is None:
@@ -49,8 +57,34 @@ def xdotool(env, *args):
     return [line for line in proc.stdout.split("\n") if line] if proc.returncode == 0 else []
 
 
-def answer_dialogs(env, keys, stop, answered, log_path):
-    """Press the key for each dialog window titled 'Underpaint ...' until it closes.
+def photograph(env, wid, path):
+    """Save the dialog window (or with wid 'screen', the whole screen) as a PNG; return its geometry."""
+    code = (
+        "import sys, gi\n"
+        "gi.require_version('Gdk', '3.0')\n"
+        "from gi.repository import Gdk, GdkX11\n"
+        "display = GdkX11.X11Display.get_default()\n"
+        "window = Gdk.get_default_root_window()\n"
+        "if sys.argv[1] != 'screen':\n"
+        "    window = GdkX11.X11Window.foreign_new_for_display(display, int(sys.argv[1]))\n"
+        "x, y = window.get_origin()[1:]\n"
+        "w, h = window.get_width(), window.get_height()\n"
+        "shot = Gdk.pixbuf_get_from_window(Gdk.get_default_root_window(), x, y, w, h)\n"
+        "shot.savev(sys.argv[2], 'png', [], [])\n"
+        "print(x, y, w, h)\n"
+    )
+    try:
+        done = subprocess.run(
+            ["python3", "-c", code, wid, path], env=env, capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    words = done.stdout.split()
+    return [int(v) for v in words] if done.returncode == 0 and len(words) == 4 else None
+
+
+def answer_dialogs(env, keys, stop, answered, log_path, shots):
+    """Photograph each dialog window titled 'Underpaint ...', then press its keys until it closes.
 
     A new plug-in process may get the window id of the previous dialog: a window is known by its id,
     process and title.
@@ -64,11 +98,19 @@ def answer_dialogs(env, keys, stop, answered, log_path):
             pid, name = identity(wid)
             title = (name or [""])[0]
             key = keys.get(title, "Escape")
-            time.sleep(1.0)  # let the dialog finish mapping before it gets a key
+            time.sleep(1.5)  # let the dialog finish mapping (and ask the daemon) before it gets a key
+            shot = os.path.join(os.path.dirname(log_path), f"dialog-{len(answered) + 1}.png")
+            geometry = photograph(env, wid, shot)
+            shots.append({"title": title, "png": os.path.basename(shot), "geometry": geometry})
             presses = 0
             while not stop.is_set() and identity(wid) == (pid, name):
                 xdotool(env, "windowfocus", "--sync", wid)
-                xdotool(env, "key", key)  # XTEST, like a keyboard: no window manager needed
+                for one in key.split():  # XTEST, like a keyboard: no window manager needed
+                    if one == "shot":  # the screen as it is now (an open drop-down list...)
+                        photograph(env, "screen", f"{shot[:-4]}-{presses}.png")
+                    else:
+                        xdotool(env, "key", one)
+                    time.sleep(0.3)
                 presses += 1
                 time.sleep(1.0)
             answered.append(f"{title}\t{key}")
@@ -87,10 +129,10 @@ def main(argv):
         xvfb, display = start_xvfb(log)
         env = dict(os.environ, DISPLAY=display)
         stop = threading.Event()
-        answered = []
+        answered, shots = [], []
         thread = threading.Thread(
             target=answer_dialogs,
-            args=(env, keys, stop, answered, os.path.join(out, "dialogs.log")),
+            args=(env, keys, stop, answered, os.path.join(out, "dialogs.log"), shots),
             daemon=True,
         )
         thread.start()
@@ -103,6 +145,8 @@ def main(argv):
             xvfb.wait(10)
     with open(os.path.join(out, "dialogs.txt"), "w") as f:
         f.write("".join(line + "\n" for line in answered))
+    with open(os.path.join(out, "dialogs.json"), "w") as f:
+        json.dump({"screen": SCREEN, "dialogs": shots}, f, indent=1)
     return status
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Underpaint for GIMP 3: Filters > Underpaint > Inpaint Selection, Refine, ControlNet, Instruct,
-Generate, Upscale, each also callable from Python or Script-Fu (plug-in-underpaint-*).
+Generate, Variation, Depth to Image, Mix Layers, Compare Models, Upscale, each also callable from Python
+or Script-Fu (plug-in-underpaint-*).
 
 GIMP runs this file; the code lives in the `underpaint_gimp` package beside it and the daemon protocol
 in the vendored `underpaint_protocol` folder, so this folder goes first on sys.path.

@@ -65,6 +65,26 @@ def read_mask(image: Gimp.Image, region: Rect) -> bytes:
     return _read(image.get_selection(), region, GRAY)
 
 
+def read_gray(drawable: Gimp.Drawable, region: Rect) -> bytes:
+    """`region` of a layer as 8-bit luminance (a depth map: white = near)."""
+    return _read(drawable, region, GRAY)
+
+
+def read_whole(drawable: Gimp.Drawable) -> tuple[int, int, bytes]:
+    """A whole layer as a picture of its own (Mix blends layers, not crops): width, height, RGBA."""
+    rect = drawable_rect(drawable)
+    return rect.width, rect.height, _read(drawable, rect, RGBA)
+
+
+def stack_order(image: Gimp.Image, item: Gimp.Item) -> tuple[int, ...]:
+    """Sort key putting layers in the order the Layers dialog shows them, top to bottom."""
+    path = []
+    while item is not None:
+        path.insert(0, image.get_item_position(item))
+        item = item.get_parent()
+    return tuple(path)
+
+
 def _parasite(name: str, data: bytes) -> Gimp.Parasite:
     return Gimp.Parasite.new(name, Gimp.PARASITE_PERSISTENT | Gimp.PARASITE_UNDOABLE, list(data))
 

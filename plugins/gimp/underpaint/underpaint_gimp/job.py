@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from . import CLIENT_NAME
-from .request import JobRequest, UserError, check_against_welcome
+from .request import JobRequest, UserError, fit_to_preset
 
 HANDSHAKE_TIMEOUT = 5.0  # s: a daemon that is up answers `hello` in milliseconds
 SUBMIT_TIMEOUT = 120.0  # s: sending and validating a large crop
@@ -109,10 +109,15 @@ class Session:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def fit(self, request: JobRequest) -> JobRequest:
+        """`request` checked against this daemon's presets, with only the params its preset takes."""
+        return fit_to_preset(request, self.welcome)
+
     def run(self, request: JobRequest, progress: Progress | None = None) -> dict[str, Any]:
-        """Submit `request` and wait for its result, reporting progress; raises UserError."""
+        """Submit `request` (fitted to its preset: `fit` is idempotent, call it first to learn what is
+        left out) and wait for its result, reporting progress; raises UserError."""
         report = progress or (lambda fraction, text: None)
-        check_against_welcome(request, self.welcome)
+        request = self.fit(request)
         fields: dict[str, Any] = {"op": request.op, "params": request.params, "images": request.images}
         if request.model:
             fields["model"] = request.model
@@ -185,3 +190,9 @@ def _default() -> str:
     from .modes import DEFAULT_ENDPOINT
 
     return DEFAULT_ENDPOINT
+
+
+def fetch_welcome(endpoint: str, timeout: float) -> dict[str, Any]:
+    """The daemon's handshake (its presets, for a dialog's picker); raises UserError saying why not."""
+    with Session(endpoint.strip(), timeout=timeout) as session:
+        return session.welcome

@@ -30,10 +30,19 @@ PREPROCESSORS = (
 # Mnemonics the procedure dialog's own buttons use (_Help, _Reset, _Cancel, _OK, _Load/_Save Settings).
 DIALOG_MNEMONICS = "hrcols"
 
+# Where a mode's pixels come from, and where its results go.
+ONE_LAYER, SELECTED_LAYERS, NO_PIXELS = "layer", "layers", "none"
+PATCH, FILL, NEW_IMAGE = "patch", "fill", "new-image"
+
 
 @dataclass(frozen=True)
 class Arg:
-    """One procedure argument. `kind`: str, int, float, choice or layer."""
+    """One procedure argument. `kind`: str, int, float, choice, layer or strings (a string array).
+
+    `param` names what it becomes on the wire (a parameter, `units` for ControlNet's, or an image
+    slot for a layer), so the dialog can grey out what the picked preset does not take; None: the
+    plug-in's own setting (source, endpoint...).
+    """
 
     name: str
     kind: str
@@ -43,28 +52,33 @@ class Arg:
     min: float | None = None
     max: float | None = None
     choices: tuple[tuple[str, str], ...] = ()  # (value, label)
+    param: str | None = None
 
 
-def _prompt() -> Arg:
-    return Arg("prompt", "str", "_Prompt", "What to paint", "")
+def _prompt(blurb: str = "What to paint", param: str = "prompt") -> Arg:
+    return Arg("prompt", "str", "_Prompt", blurb, "", param=param)
 
 
 def _negative() -> Arg:
-    return Arg("negative-prompt", "str", "_Negative prompt", "What to avoid", "")
+    return Arg("negative-prompt", "str", "_Negative prompt", "What to avoid", "", param="negative_prompt")
 
 
 def _steps(default: int) -> Arg:
-    return Arg("steps", "int", "S_teps", "Denoising steps (before strength is applied)", default, 1, 200)
+    blurb = "Denoising steps (before strength is applied)"
+    return Arg("steps", "int", "S_teps", blurb, default, 1, 200, param="steps")
 
 
 def _guidance(default: float = 7.5, low: float = 0.0, blurb: str = "Classifier-free guidance scale") -> Arg:
-    return Arg("guidance", "float", "_Guidance", blurb, default, low, 30.0)
+    return Arg("guidance", "float", "_Guidance", blurb, default, low, 30.0, param="guidance_scale")
 
 
-def _strength(default: float) -> Arg:
-    return Arg(
-        "strength", "float", "Deno_ising strength", "How much of the region is repainted", default, 0.01, 1.0
-    )
+def _strength(default: float, low: float = 0.01, blurb: str = "How much of the region is repainted") -> Arg:
+    return Arg("strength", "float", "Deno_ising strength", blurb, default, low, 1.0, param="strength")
+
+
+def _size(name: str, nick: str) -> Arg:
+    return Arg(name, "int", nick, f"{name.title()} in pixels (0 = the selection's or image's)", 0, 0, 2048,
+               param=name)  # fmt: skip
 
 
 SOURCE = Arg(
@@ -83,13 +97,30 @@ PADDING = Arg(
     32,
     0,
     4096,
+    param="padding",
 )
-COMMON_TAIL = (
-    Arg("seed", "int", "See_d", "Seed of the first variation (-1 = random)", -1, -1, MAX_INT),
-    Arg("variations", "int", "_Variations", "Number of result layers", 1, 1, 8),
-    Arg("model", "str", "_Model preset", "Daemon model preset (empty = the daemon's default)", ""),
-    Arg("endpoint", "str", "Daemon _endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT),
-)
+SEED = Arg("seed", "int", "See_d", "Seed of the first variation (-1 = random)", -1, -1, MAX_INT, param="seed")
+VARIATIONS = Arg("variations", "int", "_Variations", "Number of result layers", 1, 1, 8, param="variations")
+MODEL = Arg("model", "str", "_Model preset", "Daemon model preset (empty = the daemon's default)", "")
+ENDPOINT = Arg("endpoint", "str", "Daemon _endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT)
+
+
+def _settings(nick: str = "_Family settings") -> Arg:
+    """Any other parameter of the picked preset's op, above all those only some families take."""
+    return Arg(
+        "family-settings",
+        "str",
+        nick,
+        "More parameters as name=value pairs, e.g. 'refine=0.3' (SDXL's refiner share), 'stages=2' "
+        "(DeepFloyd IF), 'scheduler=euler'; the dialog lists what the picked preset takes",
+        "",
+    )
+
+
+COMMON_TAIL = (SEED, VARIATIONS, _settings(), MODEL, ENDPOINT)
+
+# The modes Compare can run on several presets (their parameters are all Compare's own arguments).
+COMPARED = ("generate", "refine", "inpaint", "variation", "depth")
 
 
 @dataclass(frozen=True)
@@ -103,16 +134,28 @@ class Mode:
     blurb: str
     args: tuple[Arg, ...]
     needs_selection: bool = False
-    uses_image: bool = True  # sends the source pixels (all but Generate)
-    new_image: bool = False  # results go to a new image (Upscale) instead of new layers
+    source: str = ONE_LAYER  # the active layer's crop, the selected layers (Mix), or no pixels
+    result: str = PATCH  # pasted over the crop, filling the selection (txt2img-like), or a new image
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def procedure(self) -> str:
         return f"plug-in-underpaint-{self.key}"
 
+    @property
+    def uses_image(self) -> bool:
+        """Sends the active layer's (or the visible image's) crop as `image`."""
+        return self.source == ONE_LAYER
+
+    @property
+    def new_image(self) -> bool:
+        return self.result == NEW_IMAGE
+
     def arg(self, name: str) -> Arg:
         return next(a for a in self.args if a.name == name)
+
+    def has(self, name: str) -> bool:
+        return any(a.name == name for a in self.args)
 
 
 MODES: tuple[Mode, ...] = (
@@ -149,6 +192,7 @@ MODES: tuple[Mode, ...] = (
                 "ControlNet _kind",
                 "ControlNet of the preset: canny, lineart, ...",
                 "canny",
+                param="units",
             ),
             Arg(
                 "preprocessor",
@@ -157,8 +201,9 @@ MODES: tuple[Mode, ...] = (
                 "How the control layer becomes a control map (none = it already is one)",
                 "canny",
                 choices=tuple((p, p) for p in PREPROCESSORS),
+                param="units",
             ),
-            Arg("weight", "float", "_Weight", "ControlNet conditioning scale", 1.0, 0.0, 2.0),
+            Arg("weight", "float", "_Weight", "ControlNet conditioning scale", 1.0, 0.0, 2.0, param="units"),
             _strength(0.75),
             _steps(30),
             _guidance(),
@@ -174,7 +219,14 @@ MODES: tuple[Mode, ...] = (
         "Instruct",
         "Edit the selection (or the layer) following an instruction (InstructPix2Pix)",
         (
-            Arg("instruction", "str", "_Instruction", "What to change, e.g. 'make it winter'", ""),
+            Arg(
+                "instruction",
+                "str",
+                "_Instruction",
+                "What to change, e.g. 'make it winter'",
+                "",
+                param="instruction",
+            ),
             _negative(),
             Arg(
                 "image-guidance",
@@ -184,6 +236,7 @@ MODES: tuple[Mode, ...] = (
                 1.5,
                 0.0,
                 10.0,
+                param="image_guidance_scale",
             ),
             _steps(30),
             _guidance(),
@@ -201,13 +254,109 @@ MODES: tuple[Mode, ...] = (
         (
             _prompt(),
             _negative(),
-            Arg("width", "int", "_Width", "Width in pixels (0 = the selection's or image's)", 0, 0, 2048),
-            Arg("height", "int", "He_ight", "Height in pixels (0 = the selection's or image's)", 0, 0, 2048),
+            _size("width", "_Width"),
+            _size("height", "He_ight"),
             _steps(30),
             _guidance(),
             *COMMON_TAIL,
         ),
-        uses_image=False,
+        source=NO_PIXELS,
+        result=FILL,
+    ),
+    Mode(
+        "variation",
+        "variation",
+        "_Variation...",
+        "Variation",
+        "New pictures like the selection (or the layer), from the model's image encoder; no prompt",
+        (_steps(30), _guidance(), SOURCE, PADDING, *COMMON_TAIL),
+    ),
+    Mode(
+        "depth",
+        "depth",
+        "_Depth to Image...",
+        "Depth",
+        "Re-paint the selection (or the layer) following a prompt while keeping its depth",
+        (
+            _prompt(),
+            _negative(),
+            Arg(
+                "depth-layer",
+                "layer",
+                "Depth la_yer",
+                "Depth map, white = near (none = the model estimates it)",
+                param="depth",
+            ),
+            _strength(0.8),
+            _steps(30),
+            _guidance(),
+            SOURCE,
+            PADDING,
+            *COMMON_TAIL,
+        ),
+    ),
+    Mode(
+        "mix",
+        "mix",
+        "Mi_x Layers...",
+        "Mix",
+        "Blend the selected layers and a prompt, with weights, into a new picture in the selection",
+        (
+            _prompt("A text to blend in with the layers (empty = only the layers)", "items"),
+            Arg(
+                "weights",
+                "str",
+                "_Blend weights",
+                "Weight of each selected layer, top to bottom, then of the prompt, e.g. '1, 0.5, 2' "
+                "(missing = 1)",
+                "",
+                param="items",
+            ),
+            _negative(),
+            _size("width", "_Width"),
+            _size("height", "He_ight"),
+            _steps(30),
+            _guidance(4.0),
+            *COMMON_TAIL,
+        ),
+        source=SELECTED_LAYERS,
+        result=FILL,
+    ),
+    Mode(
+        "compare",
+        "compare",
+        "C_ompare Models...",
+        "Compare",
+        "Run one mode with the same settings and seed on several model presets: one layer per preset",
+        (
+            Arg(
+                "base-mode",
+                "choice",
+                "_Base mode",
+                "What every preset does",
+                "generate",
+                choices=(
+                    ("generate", "Generate"),
+                    ("refine", "Refine"),
+                    ("inpaint", "Inpaint selection"),
+                    ("variation", "Variation"),
+                    ("depth", "Depth to image"),
+                ),
+            ),
+            Arg("models", "strings", "_Models", "The model presets to compare, in order (up to 8)"),
+            _prompt(),
+            _negative(),
+            _strength(0.0, 0.0, "How much of the region is repainted (0 = each mode's default)"),
+            _steps(30),
+            _guidance(),
+            SOURCE,
+            PADDING,
+            SEED,
+            VARIATIONS,
+            _settings(),
+            ENDPOINT,
+        ),
+        source=ONE_LAYER,
     ),
     Mode(
         "upscale",
@@ -225,13 +374,18 @@ MODES: tuple[Mode, ...] = (
                 "x4 diffusion upscaler or x2 latent upscaler",
                 "4",
                 choices=(("4", "x4"), ("2", "x2")),
+                param="factor",
             ),
             _steps(20),
             _guidance(-1.0, -1.0, "Classifier-free guidance scale (-1 = the upscaler's default)"),
             SOURCE,
-            *COMMON_TAIL,
+            SEED,
+            VARIATIONS,
+            _settings("Famil_y settings"),  # _F is the factor's
+            MODEL,
+            ENDPOINT,
         ),
-        new_image=True,
+        result=NEW_IMAGE,
     ),
 )
 
@@ -242,3 +396,15 @@ def mode_by_procedure(name: str) -> Mode:
 
 def mode_by_key(key: str) -> Mode:
     return next(m for m in MODES if m.key == key)
+
+
+def mode_by_op(op: str) -> Mode:
+    """The mode that runs `op` on its own (Compare's inner op back to its mode)."""
+    return next(m for m in MODES if m.op == op)
+
+
+def effective(mode: Mode, values: dict[str, Any]) -> Mode:
+    """The mode whose pixels and placement a call uses: Compare's base mode, else the mode itself."""
+    if mode.key == "compare":
+        return mode_by_key(str(values.get("base-mode") or "generate"))
+    return mode
