@@ -1,7 +1,8 @@
 """`python -m bench`: run the benchmarks of GitHub issue #5 and print a markdown table.
 
 Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and previews,
-5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side by side.
+5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side by side,
+8 prompts (a weighted, long prompt against a plain one).
 Exit status 1 when a hard check fails (pixels differ, a job is lost, a cancelled job delivers a
 result); missed targets are reported, not fatal, because timings on a shared machine are noisy.
 """
@@ -52,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "Prints a markdown table. Runs offline: models are built locally with random weights.",
         epilog="Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and "
         "previews, 5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side "
-        "by side (first-use load, warm job; on the GPU where there is one). Exit status 1 when a hard "
+        "by side (first-use load, warm job; on the GPU where there is one), 8 prompts (a weighted prompt "
+        "filling 3 CLIP windows against a plain one, tiny sd15 and sdxl). Exit status 1 when a hard "
         "check fails (pixels differ, a job is lost, ...); missed timing targets are only reported. "
         "See docs/BENCHMARKS.md.",
     )
@@ -95,7 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "~/.cache/underpaint/models, like the daemon)",
     )
     p.add_argument(
-        "--sections", default="1,2,3,4,5,6,7", help="comma-separated sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8", help="comma-separated sections to run (default: all)"
     )
     return p.parse_args(argv)
 
@@ -121,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     run.tiny(report, plan, sections, models_dir, env)
     gc.collect()
     run.families_side_by_side(report, plan, sections, models_dir, env)
+    gc.collect()
+    run.prompts_weighted_vs_plain(report, plan, sections, models_dir, env)
     gc.collect()
     base_dir = None
     if args.fullsize and not args.quick:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from underpaint.daemon.commands.launch import running_daemon
 
-from . import cancel, clients, families, overhead, transfer, warm
+from . import cancel, clients, families, overhead, prompts, transfer, warm
 from .common import PROMPT, SEED, Report, client_for, secs, timed
 from .echo import running_echo
 
@@ -80,6 +80,20 @@ def families_side_by_side(
         size = 64 if plan.quick else 128
         families.measure(report, client, plan.reps, size, plan.tiny_steps)
         report.check("families daemon survived", daemon.alive())
+
+
+def prompts_weighted_vs_plain(
+    report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]
+) -> None:
+    """Section 8 on a daemon of its own; its hard checks run first and warm both presets."""
+    if 8 not in sections:
+        return
+    with ExitStack() as stack:
+        daemon, _ = _start(stack, "tiny", models_dir, env)
+        client = stack.enter_context(client_for(daemon.endpoint))
+        size = 64 if plan.quick else 128
+        prompts.measure(report, client, models_dir, plan.reps, size, plan.tiny_steps)
+        report.check("prompts daemon survived", daemon.alive())
 
 
 def fullsize(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> Path:

@@ -41,10 +41,12 @@ class Param:
     unit: str | None = None
     nullable: bool = False
     required: bool = False
+    syntax: str | None = None  # text params: "weighted" ((text:w) honoured) or "plain" (see prompts.py)
+    max_tokens: int | None = None  # text params: the most tokens the preset's text encoder reads
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "default": self.default, "doc": self.doc}
-        for key in ("min", "max", "unit"):
+        for key in ("min", "max", "unit", "syntax", "max_tokens"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         if self.choices is not None:

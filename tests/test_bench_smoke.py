@@ -46,6 +46,7 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
         "5. Many clients",
         "6. GPU",
         "7. Families",
+        "8. Prompts",
     ):
         assert f"| {section} |" in table, f"section {section!r} missing from the table"
     assert table in proc.stdout or "| Section | Measurement |" in proc.stdout  # also printed
@@ -62,3 +63,4 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
     families = result["data"]["families"]
     assert {"tiny", "tiny-sdxl", "tiny-kandinsky22"} <= set(families), "every tiny family is measured"
     assert all(entry["load"] > 0 and entry["warm"] for entry in families.values())
+    assert {"tiny", "tiny-sdxl"} <= set(result["data"]["prompts"]), "weighted long prompts are measured"

@@ -35,9 +35,11 @@ from diffusers import (
 )
 from PIL import Image
 
+from .. import prompts
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..params import OpSpec, Param
+from ..prompts import Reader
 from ..request import OpRequest
 from .base import Family, Generation, load_pipeline
 
@@ -49,6 +51,9 @@ IF_SCHEDULERS = ("ddpm", "dpmpp_2m", "dpmpp_2m_karras")
 STAGE_2_GUIDANCE = 4.0  # IF-II's own default guidance
 STAGE_3_NOISE = 100  # noise the x4 upscaler adds to stage II's picture inside the cascade
 NO_CHECKS: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "watermarker": None}
+T5_TOKENS = 76  # the IF pipelines read 77 T5 tokens, the last of them the end marker
+T5_READER = Reader("base", limit=T5_TOKENS, name="T5")
+STAGE_3_READER = Reader("stage_3", limit=prompts.WINDOW, name="stage III's CLIP")
 
 #: view kind -> (the role it is built on, its pipeline class)
 VIEWS: dict[str, tuple[str, Any]] = {
@@ -129,6 +134,18 @@ class DeepFloydIF(Family):
         return [*CASCADE_OPS, "upscale"] if len(self.cascade(preset)) > 1 else list(CASCADE_OPS)
 
     def op_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
+        return self._text_spec(op, self._op_spec(op, spec, preset), preset)
+
+    def _text_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
+        """Plain prompts: T5's window, or only CLIP's when the x4 stage alone reads the prompt."""
+        if op == "upscale" and "stage_3" in preset.sources:
+            return prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW)
+        note = (
+            f"; stage III counts at most {prompts.WINDOW} CLIP tokens" if "stage_3" in preset.sources else ""
+        )
+        return prompts.text_spec(spec, prompts.PLAIN, T5_TOKENS, note)
+
+    def _op_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
         if op == "upscale":
             return self._upscale_spec(spec, preset)
         stages = len(self.cascade(preset))
@@ -168,7 +185,9 @@ class DeepFloydIF(Family):
         return spec.changed(add=[factor, noise, _if_scheduler_param(spec)], defaults={"guidance_scale": 4.0})
 
     def check(self, req: OpRequest) -> None:
-        """diffusers runs int(steps * strength) steps in every img2img stage: one must remain."""
+        """Plain prompts within the window of every encoder that reads them; and since diffusers runs
+        int(steps * strength) steps in every img2img stage, one must remain."""
+        prompts.check_plain(req, self.title, "reads the prompt with T5, not CLIP", self.readers(req))
         strength = req.params.get("strength")
         if req.op not in ("sdedit", "inpaint") or strength is None:
             return
@@ -181,6 +200,14 @@ class DeepFloydIF(Family):
                     "no step to run",
                     "params.super_res_steps",
                 )
+
+    def readers(self, req: OpRequest) -> list[Reader]:
+        """The text encoders the job reads its prompt with: T5 (stage I's, for every IF stage) and
+        the x4 upscaler's CLIP when stage III runs."""
+        if req.op == "upscale":
+            return [STAGE_3_READER] if "stage_3" in req.preset.sources else [T5_READER]
+        chain = self.chain(req.preset, req.params)
+        return [T5_READER] + ([STAGE_3_READER] if "stage_3" in chain else [])
 
     def chain(self, preset: Preset, params: dict[str, Any]) -> list[str]:
         """The stages a job runs: the first `stages` of the preset's cascade."""
@@ -332,7 +359,10 @@ class DeepFloydIF(Family):
 
         def compute() -> Text:
             pipe = gen.view("txt2img")
-            texts = [gen.params.get("prompt", ""), gen.params.get("negative_prompt") or ""]
+            texts = [
+                prompts.plain(gen.params.get("prompt")),
+                prompts.plain(gen.params.get("negative_prompt")),
+            ]
             embeds, _ = pipe.encode_prompt(texts, do_classifier_free_guidance=False, clean_caption=False)
             return Text(embeds[:1], embeds[1:])
 
@@ -409,7 +439,8 @@ class DeepFloydIF(Family):
         gives every seed's variation (the upscale op); otherwise one output per input picture."""
         multiple = _unet_multiple(pipe)
         pictures = [_resized(p, _fit(p.size, multiple)) for p in pictures]
-        prompt, negative = gen.params.get("prompt", ""), gen.params.get("negative_prompt") or None
+        prompt = prompts.plain(gen.params.get("prompt"))
+        negative = prompts.plain(gen.params.get("negative_prompt")) or None
         n = 1 if single else len(pictures)
         _expect(pipe, steps)
         args: dict[str, Any] = {

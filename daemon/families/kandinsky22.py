@@ -33,9 +33,11 @@ from diffusers import (
 )
 from PIL import Image
 
+from .. import prompts
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..params import UNIT_FIELDS, OpSpec, Param
+from ..prompts import Reader
 from ..request import OpRequest
 from .base import Family, Generation, is_single_file, load_model, load_pipeline
 
@@ -124,9 +126,14 @@ class Kandinsky22(Family):
             # The inpainting decoder always repaints the masked area from pure noise.
             strength = spec.params["strength"]
             add.append(replace(strength, min=1.0, doc="always 1: the inpainting decoder repaints fully"))
-        return spec.changed(add=add, defaults={"steps": 50, "guidance_scale": 4.0})
+        spec = spec.changed(add=add, defaults={"steps": 50, "guidance_scale": 4.0})
+        return prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW)
 
     def check(self, req: OpRequest) -> None:
+        """Plain prompts within one CLIP window (the prior turns each into one image embedding); one
+        full-strength ControlNet unit."""
+        why = "turns each prompt into one CLIP image embedding with its prior"
+        prompts.check_plain(req, self.title, why, [Reader("prior", limit=prompts.WINDOW)])
         if req.op == "controlnet":
             _check_units(req.params["units"])
 
@@ -196,8 +203,8 @@ class Kandinsky22(Family):
 
         def compute() -> Embeds:
             out = self.prior(gen)(
-                prompt=params["prompt"],
-                negative_prompt=params.get("negative_prompt") or None,
+                prompt=prompts.plain(params["prompt"]),
+                negative_prompt=prompts.plain(params.get("negative_prompt")) or None,
                 num_inference_steps=params["prior_steps"],
                 guidance_scale=params["prior_guidance_scale"],
                 generator=generator(seed),
@@ -345,11 +352,11 @@ class Kandinsky22(Family):
         def paint(seed: int) -> Image.Image:
             def compute() -> Embeds:
                 out = self.prior(gen).interpolate(
-                    [item for item, _ in kept],
+                    [prompts.plain(item) if isinstance(item, str) else item for item, _ in kept],
                     [weight / total for _, weight in kept],
                     num_inference_steps=params["prior_steps"],
                     generator=generator(seed),
-                    negative_prompt=params.get("negative_prompt") or "",
+                    negative_prompt=prompts.plain(params.get("negative_prompt")),
                     guidance_scale=params["prior_guidance_scale"],
                 )
                 return out.image_embeds, out.negative_image_embeds

@@ -30,8 +30,11 @@ from diffusers import (
 from diffusers.models import MultiControlNetModel
 from PIL import Image
 
+from .. import prompts
 from ..config import Preset
 from ..params import OpSpec
+from ..prompts import Reader
+from ..request import OpRequest
 from .base import Family, Generation, load_model, load_pipeline
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -94,11 +97,25 @@ class SD15(Family):
         return tuple(f for f in (4, 2) if f"upscale_x{f}" in preset.sources)
 
     def op_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
+        note = ""
         if op == "upscale":
             factors = self.upscale_factors(preset)
             factor = replace(spec.params["factor"], choices=factors, default=factors[0])
-            return spec.changed(add=[factor])
-        return spec
+            spec = spec.changed(add=[factor])
+            if 2 in factors:
+                note = f"; the x2 upscaler reads it plain, up to {prompts.WINDOW} tokens"
+        return prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS, note)
+
+    def check(self, req: OpRequest) -> None:
+        """Prompt syntax and length, counted with the tokenizer of the text encoder the op uses."""
+        if req.op == "upscale" and req.params["factor"] == 2:
+            # The latent upscaler reads the encoder's last layer before its final norm, which compel
+            # does not produce: plain text in one window there.
+            why = "reads the prompt plain in its x2 latent upscaler"
+            prompts.check_plain(req, self.title, why, [Reader("upscale_x2", limit=prompts.WINDOW)])
+        else:
+            role = "upscale_x4" if req.op == "upscale" else "base"
+            prompts.check_weighted(req, self.title, [Reader(role)])
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:
@@ -158,7 +175,7 @@ class SD15(Family):
     def run(self, gen: Generation, kind: str, extras: Sequence[str] = (), **kwargs: Any) -> list[Image.Image]:
         """Call the view of `kind` with the job's text, seeds and scheduler, plus `kwargs`."""
         pipe = gen.schedule(gen.view(kind, extras), space=self.preview_space)
-        args = gen.sd_text() | kwargs
+        args = prompts.sd_text(gen, pipe) | kwargs
         return pipe(**args).images
 
     def txt2img(self, gen: Generation, width: int, height: int) -> list[Image.Image]:
@@ -206,17 +223,23 @@ class SD15(Family):
         return self.run(gen, "controlnet_inpaint", nets, mask_image=mask, **args)
 
     def instruct(self, gen: Generation, image: Image.Image) -> list[Image.Image]:
-        text = gen.sd_text(prompt=gen.params["instruction"])
         pipe = gen.schedule(gen.view("instruct"), space=self.preview_space)
+        text = prompts.sd_text(gen, pipe, field="instruction")
         return pipe(**text, image=image, image_guidance_scale=gen.params["image_guidance_scale"]).images
 
     def upscale(self, gen: Generation, image: Image.Image, factor: int) -> list[Image.Image]:
         params = gen.params
         space = "sd" if factor == 2 else "generic"  # x2 works on SD latents, x4 on its own VAE's
         pipe = gen.schedule(gen.view(f"upscale_x{factor}"), space=space)
+        if factor == 4:
+            text = prompts.text_args(gen, pipe)
+        else:  # plain (see check)
+            text = {
+                "prompt": prompts.plain(params["prompt"]),
+                "negative_prompt": prompts.plain(params["negative_prompt"]) or None,
+            }
         common = {
-            "prompt": params["prompt"],
-            "negative_prompt": params["negative_prompt"] or None,
+            **text,
             "num_inference_steps": params["steps"],
             "guidance_scale": params["guidance_scale"],
             "output_type": "pil",

@@ -18,6 +18,7 @@ import torch
 from diffusers import StableDiffusionDepth2ImgPipeline, StableDiffusionInpaintPipeline, UNet2DConditionModel
 from PIL import Image
 
+from .. import prompts
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..ops.common import workspace
@@ -74,8 +75,10 @@ class SD2(SD15):
         return ops
 
     def check(self, req: OpRequest) -> None:
-        """A client depth map must vary where the job works: the pipeline stretches the map's range
-        to -1 … 1, and a single gray level has no range (the picture would come out as NaN)."""
+        """The prompt (as for SD 1.5); and a client depth map must vary where the job works: the
+        pipeline stretches the map's range to -1 … 1, and a single gray level has no range (the
+        picture would come out as NaN)."""
+        super().check(req)
         if req.op != "depth" or "depth" not in req.images:
             return
         ws = workspace(req)
@@ -144,7 +147,7 @@ class SD2(SD15):
         self, gen: Generation, image: Image.Image, depth: Image.Image | None, strength: float
     ) -> list[Image.Image]:
         pipe = gen.schedule(gen.view("depth"), space=self.preview_space)
-        args = gen.sd_text() | {"image": image, "strength": strength}
+        args = prompts.sd_text(gen, pipe) | {"image": image, "strength": strength}
         if depth is not None:
             args["depth_map"] = depth_at_latent_size(depth, pipe.vae_scale_factor)
         return pipe(**args).images

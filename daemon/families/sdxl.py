@@ -34,8 +34,11 @@ from diffusers import (
 from diffusers.models import MultiControlNetModel
 from PIL import Image
 
+from .. import prompts
 from ..config import Preset
 from ..params import OpSpec, Param
+from ..prompts import Reader
+from ..request import OpRequest
 from .base import (
     Family,
     Generation,
@@ -108,8 +111,12 @@ class SDXL(Family):
 
     def op_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
         if op in REFINED_OPS and "refiner" in preset.sources:
-            return spec.changed(add=[refine_param()])
-        return spec
+            spec = spec.changed(add=[refine_param()])
+        return prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS)
+
+    def check(self, req: OpRequest) -> None:
+        """Prompt syntax and length, in the windows of both text encoders (the refiner reads the second)."""
+        prompts.check_weighted(req, self.title, [Reader("base"), Reader("base", "tokenizer_2")])
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:
@@ -192,7 +199,7 @@ class SDXL(Family):
         """Run base's view `first`; with `refine`, stop it early and let the refiner's view `then`
         finish the same latents (the generators carry on from base to refiner, image by image)."""
         pipe = gen.schedule(gen.view(first[0]), space=self.preview_space)
-        text = gen.sd_text()
+        text = prompts.sd_text(gen, pipe)
         split = handoff(pipe.scheduler, text["num_inference_steps"], strength, gen.params.get("refine", 0.0))
         if split is None:
             return pipe(**text, **first[1]).images
@@ -200,6 +207,8 @@ class SDXL(Family):
         gen.steps.plan(base_steps, refiner_steps)
         latents = pipe(**text | first[1] | {"denoising_end": fraction, "output_type": "latent"}).images
         refiner = gen.schedule(gen.view(then[0]), space=self.preview_space)
+        # The refiner reads the prompt with the second encoder only; the generators carry on.
+        text = prompts.retext(text, gen, refiner)
         return refiner(**text, **then[1], image=latents, denoising_start=fraction).images
 
     def controlnet(
@@ -227,7 +236,7 @@ class SDXL(Family):
             if mask is not None:
                 kind, args["mask_image"] = "controlnet_inpaint", mask
         pipe = gen.schedule(gen.view(kind, nets), space=self.preview_space)
-        return pipe(**gen.sd_text(), **args).images
+        return pipe(**prompts.sd_text(gen, pipe), **args).images
 
 
 # -- loading ------------------------------------------------------------------------------------------

@@ -32,9 +32,12 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .. import prompts
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..params import OpSpec
+from ..prompts import Reader
+from ..request import OpRequest
 from .base import Family, Generation, is_single_file, load_model
 
 #: Weighted components of the text-to-image folder, by subfolder.
@@ -99,7 +102,13 @@ class UnCLIP(Family):
                 replace(steps, name="prior_steps", default=25, min=2, doc="prior denoising steps"),
                 replace(guidance, name="prior_guidance_scale", default=4.0, doc="prior guidance"),
             ]
-        return spec.changed(add=add, drop=["scheduler", "negative_prompt", "width", "height"])
+        spec = spec.changed(add=add, drop=["scheduler", "negative_prompt", "width", "height"])
+        return prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW)
+
+    def check(self, req: OpRequest) -> None:
+        """Plain prompts within one CLIP window: the prior reads the prompt as one CLIP embedding."""
+        why = "turns the prompt into one CLIP embedding for its prior"
+        prompts.check_plain(req, self.title, why, [Reader("base", limit=prompts.WINDOW)])
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:
@@ -168,7 +177,7 @@ class UnCLIP(Family):
         gen.steps.plan(*self.stages("txt2img", params))
         pipe = self._scheduled(gen, "txt2img", SCHEDULERS)
         result = pipe(
-            prompt=params["prompt"],
+            prompt=prompts.plain(params["prompt"]),
             prior_num_inference_steps=params["prior_steps"],
             decoder_num_inference_steps=params["steps"],
             super_res_num_inference_steps=params["super_res_steps"],
