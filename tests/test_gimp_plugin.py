@@ -14,13 +14,14 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -65,9 +66,20 @@ sys.modules.setdefault("underpaint_protocol", _protocol)
 sys.modules.setdefault("underpaint_protocol.regions", _regions)
 
 _load_plugin_package()
-from underpaint_gimp import job, modes, placement, presets, region, request  # noqa: E402
+from underpaint_gimp import (  # noqa: E402
+    job,
+    modes,
+    placement,
+    presets,
+    prompt_errors,
+    region,
+    request,
+    steps,
+)
 
 ELLIPSE = (120, 20, 210, 180)  # x, y, w, h: over the cat's head
+GREEN_SQUARE = (180, 60, 240, 120)  # left, top, right, bottom: the opaque part of the loud layer
+CANVASES = {"wide": (2200, 600), "tall": (600, 2200)}  # beyond the daemon's 2048 px on a side
 FEATHER = 16
 PADDING = 32
 
@@ -92,9 +104,29 @@ def test_region_math() -> None:
     assert region.crop_region(image, None, Rect(500, 0, 10, 10), 0).empty  # layer off the canvas
     assert region.upscale_region(image, Rect(200, 60, 40, 30), image) == Rect(200, 60, 40, 30)
     assert placement.placement(Rect(72, 0, 10, 10), 5, 7) == (77, 7)
-    assert region.generate_size(Rect(0, 0, 242, 212), 0, 0) == (248, 216)
-    assert region.generate_size(Rect(0, 0, 20, 5000), 0, 0) == (64, 2048)
-    assert region.generate_size(Rect(0, 0, 242, 212), 96, 0) == (96, 216)
+
+
+def test_generate_size_keeps_the_shape() -> None:
+    """Generate paints at the preset's native size in the target's shape (multiples of 8 within the
+    daemon's 64 … 2048), then covers the target with one scale factor and crops: never stretched."""
+    assert region.generate_size(Rect(0, 0, 242, 212), 0, 0, 512) == (512, 448)
+    assert region.generate_size(Rect(0, 0, 4200, 1000), 0, 0, 1024) == (1024, 240)
+    assert region.generate_size(Rect(0, 0, 1000, 4200), 0, 0, 64) == (64, 64)  # the 64 px minimum
+    assert region.generate_size(Rect(0, 0, 20, 5000), 0, 0, 512) == (64, 512)
+    assert region.generate_size(Rect(0, 0, 5000, 3000), 0, 0, None) == (2048, 1232)  # no preset size
+    assert region.generate_size(Rect(0, 0, 242, 212), 96, 0, 512) == (96, 88)  # one side asked: aspect
+    assert region.generate_size(Rect(0, 0, 242, 212), 96, 120, 512) == (96, 120)
+    assert region.cover(64, 64, Rect(5, 5, 2600, 700)) == (2600, 2600, 0, 950)
+    assert region.cover(512, 136, Rect(0, 0, 2600, 700)) == (2635, 700, 17, 0)
+    assert region.cover(248, 216, Rect(0, 0, 242, 212)) == (243, 212, 0, 0)
+    for tw, th in [(2600, 700), (700, 2600), (242, 212), (3000, 3000), (50, 4000), (9000, 64)]:
+        target = Rect(0, 0, tw, th)
+        for resolution in (64, 512, 768, 1024):
+            w, h = region.generate_size(target, 0, 0, resolution)
+            assert 64 <= min(w, h) and max(w, h) <= max(64, resolution) and w % 8 == h % 8 == 0
+            sw, sh, left, top = region.cover(w, h, target)
+            assert sw >= tw and sh >= th and 0 <= left <= sw - tw and 0 <= top <= sh - th
+            assert abs(sw * h - sh * w) <= max(w, h), "one scale factor for both sides (to a pixel)"
 
 
 def test_modes_map_to_protocol_ops() -> None:
@@ -196,6 +228,21 @@ def _sketch() -> Image.Image:
     return sketch
 
 
+def _loud_layer() -> Image.Image:
+    """A layer the size of the picture, transparent but for a green square over the cat's head, its
+    transparent pixels hiding loud magenta: what the model must never see."""
+    layer = Image.new("RGBA", Image.open(PICTURE).size, (255, 0, 255, 0))
+    layer.paste((0, 200, 0, 255), GREEN_SQUARE)
+    return layer
+
+
+def _canvas(size: tuple[int, int]) -> Image.Image:
+    """A canvas beyond the daemon's 2048 px on one side: two diagonal ramps."""
+    ramp = Image.linear_gradient("L")
+    channels = [ramp.resize(size), ramp.rotate(90).resize(size), Image.new("L", size, 128)]
+    return Image.merge("RGB", channels)
+
+
 def _depth_map() -> Image.Image:
     """A left-to-right ramp, near (white) on the right: the depth layer."""
     width, height = Image.open(PICTURE).size
@@ -270,14 +317,14 @@ def test_every_mode_round_trips_through_the_daemon(daemon, key: str) -> None:
     pixels = _crop_pixels(mode)
     values = _defaults(mode, steps=4, seed=11, endpoint=daemon.endpoint, **OVERRIDES[key])
     base = modes.effective(mode, values)
-    req = request.build_request(mode, values, pixels)
+    models = values.get("models") or [values.get("model") or "tiny"]
     reports: list[tuple[float | None, str]] = []
     with job.Session(daemon.endpoint, protocol=_protocol) as session:
-        req = session.fit(req)
+        resolution = presets.Catalog.from_welcome(session.welcome).resolution(models)
+        req = session.fit(request.build_request(mode, values, pixels, resolution))
         result = session.run(req, lambda fraction, text: reports.append((fraction, text)))
     auto = base.result == modes.FILL
     plans = placement.plan_layers(mode, result, pixels.region, fit=auto, not_sent=req.not_sent)
-    models = values.get("models") or [values.get("model") or "tiny"]
     assert len(plans) == values["variations"] * len(models)
     fractions = [f for f, _ in reports if f is not None]
     assert fractions and fractions == sorted(fractions) and fractions[-1] == 1.0, reports
@@ -294,8 +341,8 @@ def test_every_mode_round_trips_through_the_daemon(daemon, key: str) -> None:
         image = result["images"][i]
         if mode.new_image:
             assert (plan.x, plan.y, plan.width, plan.height) == (0, 0, 4 * 40, 4 * 30)
-        elif auto:
-            assert plan.fit == pixels.region and (plan.width, plan.height) == (216, 184)
+        elif auto:  # the tiny presets paint at 64 px: 64 x 64 is the daemon's smallest
+            assert plan.fit == pixels.region and (plan.width, plan.height) == (64, 64)
         else:
             assert (plan.x, plan.y) == (pixels.region.x + image["x"], pixels.region.y + image["y"])
 
@@ -606,6 +653,9 @@ def gimp() -> Iterator[GimpEnv]:
             Image.open(PICTURE).save(work / "chelsea.png")
             _sketch().save(work / "sketch.png")
             _depth_map().save(work / "depth.png")
+            _loud_layer().save(work / "loud.png")
+            for name, size in CANVASES.items():
+                _canvas(size).save(work / f"{name}.png")
             with gimp_chroot.mounted(root):
                 yield GimpEnv(root, work, home)
         finally:
@@ -675,7 +725,8 @@ def test_gimp_registers_every_procedure(gimp_modes: dict[str, Any]) -> None:
         assert info is not None, f"{mode.procedure} is not registered\n{gimp_modes['log']}"
         assert [path.rstrip("/") for path in info["menu_paths"]] == ["<Image>/Filters/Underpaint"], info
         assert info["menu_label"] == mode.label
-        assert info["image_types"] == "RGB*, GRAY*"
+        assert info["image_types"] == "RGB*, GRAY*, INDEXED*"  # indexed: results in an RGB copy
+        assert info["returns"] == ["new-image"], info
         arguments = info["arguments"]
         assert list(arguments)[:3] == ["run-mode", "image", "drawables"], arguments
         for arg in mode.args:
@@ -1088,3 +1139,331 @@ def test_gimp_dialogs(gimp: GimpEnv, daemon) -> None:
         x, y, w, h = shot["geometry"]
         assert w <= screen_w and h <= min(screen_h, 900), shot  # fits a laptop screen too
         assert Image.open(out / shot["png"]).size == (w, h)
+
+
+# -- issue 10 and 13: stacking, big canvases, transparency, channels, indexed, seeds, progress, prompts
+
+
+def test_seeds_stay_typeable() -> None:
+    """Every layer's seed (seed + i) is one GIMP's Seed field takes back (at most 2^31 - 1): random
+    seeds are drawn below that, and a seed too near the top is refused, naming the largest it takes."""
+    inpaint = modes.mode_by_key("inpaint")
+    pixels = _crop_pixels(inpaint)
+    drawn = {request.build_request(inpaint, _defaults(inpaint, variations=8), pixels).params["seed"]
+             for _ in range(400)}  # fmt: skip
+    assert len(drawn) > 390 and max(drawn) + 7 <= modes.MAX_INT and min(drawn) >= 0
+    assert max(drawn) > 2**30, "drawn over the whole range GIMP takes"
+    top = request.build_request(inpaint, _defaults(inpaint, seed=modes.MAX_INT - 1, variations=2), pixels)
+    assert top.params["seed"] == modes.MAX_INT - 1
+    with pytest.raises(request.UserError, match=r"seeds up to 2147483648, .* at most 2147483646"):
+        request.build_request(inpaint, _defaults(inpaint, seed=modes.MAX_INT, variations=2), pixels)
+
+
+def test_progress_counts_the_steps_asked_for(daemon) -> None:
+    """The progress text counts the steps the user asked for after strength (10 steps at 0.5, two
+    variations: 10), not the daemon's model calls (its scheduler makes one more per picture)."""
+    refine = modes.mode_by_key("refine")
+    values = _defaults(refine, steps=10, strength=0.5, variations=2, seed=3, prompt="a cat")
+    reports: list[tuple[float | None, str]] = []
+    with job.Session(daemon.endpoint, protocol=_protocol) as session:
+        req = session.fit(request.build_request(refine, values, _crop_pixels(refine)))
+        assert steps.asked_steps(req, session.welcome) == 10
+        session.run(req, lambda fraction, text: reports.append((fraction, text)))
+    texts = [text for fraction, text in reports if text.startswith("Underpaint: step")]
+    assert texts and all(text.endswith(" of 10") for text in texts), texts
+    shown = [int(text.split()[2]) for text in texts]
+    assert shown == sorted(shown) and shown[-1] == 10 and shown[0] >= 1, shown
+    assert len(shown) > 10, "the daemon reported more calls than steps, and they were not shown as steps"
+    counter = steps.StepCount(10)
+    texts = [counter.update(step, 11 if step <= 6 else 12)[1] for step in range(1, 13)]  # 2 x (5 + 1) calls
+    assert texts[-1] == "Underpaint: step 10 of 10" and all(text.endswith(" of 10") for text in texts)
+
+
+def test_prompt_syntax_error_names_the_position(daemon) -> None:
+    """A prompt the daemon cannot read (`invalid_value` on params.prompt with `position`) becomes a
+    message naming the field and the character, showing the text around it."""
+    generate = modes.mode_by_key("generate")
+    values = _defaults(generate, steps=2, seed=1, prompt="a (red fox in the snow", endpoint=daemon.endpoint)
+    with job.Session(daemon.endpoint, protocol=_protocol) as session:
+        req = session.fit(request.build_request(generate, values, _crop_pixels(generate), 64))
+        with pytest.raises(prompt_errors.PromptError) as caught:
+            session.run(req)
+        weighted = {**values, "prompt": "a fox", "negative-prompt": "blurry, (text:4)"}
+        with pytest.raises(prompt_errors.PromptError) as negative:
+            session.run(session.fit(request.build_request(generate, weighted, _crop_pixels(generate), 64)))
+    error = caught.value
+    assert error.argument == "prompt" and error.position == 2 and error.what == "the prompt"
+    assert str(error).startswith("The prompt has a syntax error at character 2 (the first character is 0)")
+    assert "a ▶(red fox in the snow" in str(error) and "never closed" in str(error)
+    assert negative.value.argument == "negative-prompt" and "out of range" in str(negative.value)
+    assert "blurry, (text:▶4)" in str(negative.value)
+
+
+def test_gimp_painting_calls(gimp: GimpEnv, daemon) -> None:  # noqa: C901 - one GIMP session, many checks
+    """Issue 10's GIMP items and issue 13's prompts in one gimp-console session (each checked below on
+    the saved .xcf): repeated runs stack newest on top in one group; Generate on canvases beyond
+    2048 px keeps their shape; transparent pixels are composited, never sent with the colour they
+    hide; channels and the selection mask are refused, a layer mask stands for its layer; an indexed
+    image gets its results in an RGB copy; seeds stay typeable; weighted prompts reach the daemon."""
+    common = {"endpoint": daemon.endpoint, "steps": STEPS, "seed": 7}
+    fox = {**common, "prompt": "a fox head"}
+    inpaint, refine = modes.mode_by_key("inpaint").procedure, modes.mode_by_key("refine").procedure
+    generate = modes.mode_by_key("generate").procedure
+    loud = {"picture": gimp.inside(gimp.work / "loud.png"), "name": "loud"}
+    weighted = "a (red:1.3) fox, (background:0.7), \\(literally\\)"
+    calls = [
+        {"name": "stack", "procedure": inpaint, "selection": SELECTION, "args": fox,
+         "then": [{"args": {"seed": 20, "variations": 2}}, {"args": {"seed": 30}, "drawables": "selected"},
+                  {"args": {"seed": 40}, "drawables": "named:Inpaint seed 7 (tiny)"}]},
+        {"name": "wide", "procedure": generate, "picture": gimp.inside(gimp.work / "wide.png"),
+         "selection": None, "args": {**common, "prompt": "a long shore"}},
+        {"name": "tall", "procedure": generate, "picture": gimp.inside(gimp.work / "tall.png"),
+         "selection": ["rect", *TALL_SELECTION, 0], "args": {**common, "prompt": "a tower"}},
+        {"name": "transparent", "procedure": refine, "selection": SELECTION, "layers": [loud],
+         "drawables": "top", "args": {**fox, "strength": 0.7}},
+        {"name": "alone", "procedure": refine, "selection": SELECTION, "layers": [loud], "hide_picture": True,
+         "drawables": "top", "args": {**fox, "strength": 0.7}},
+        {"name": "channel", "procedure": refine, "selection": SELECTION, "drawables": "channel", "args": fox},
+        {"name": "selection-mask", "procedure": refine, "selection": SELECTION, "drawables": "selection",
+         "args": fox},
+        {"name": "layer-mask", "procedure": refine, "selection": SELECTION, "drawables": "mask", "args": fox},
+        {"name": "indexed", "procedure": inpaint, "selection": SELECTION, "indexed": True,
+         "returns_image": True, "args": fox},
+        {"name": "seed-top", "procedure": inpaint, "selection": SELECTION,
+         "args": {**fox, "seed": modes.MAX_INT - 1, "variations": 2}},
+        {"name": "seed-over", "procedure": inpaint, "selection": SELECTION,
+         "args": {**fox, "seed": modes.MAX_INT, "variations": 2}},
+        {"name": "seed-random", "procedure": inpaint, "selection": SELECTION,
+         "args": {**fox, "seed": -1, "variations": 3}},
+        {"name": "weighted", "procedure": inpaint, "selection": SELECTION,
+         "args": {**fox, "prompt": weighted}},
+        {"name": "syntax", "procedure": inpaint, "selection": SELECTION,
+         "args": {**fox, "prompt": "a fox, (red:1.3 hair"}},
+    ]  # fmt: skip
+    result = gimp.batch("painting", calls)
+    out, got = result["out"], result["calls"]
+    for name in (
+        "stack",
+        "wide",
+        "tall",
+        "transparent",
+        "alone",
+        "layer-mask",
+        "indexed",
+        "seed-top",
+        "weighted",
+    ):
+        assert got[name]["success"], f"{name}: {got[name]['error']}\n{result['log']}"
+    _check_stacking(out, got["stack"])
+    for name in CANVASES:
+        _check_canvas(out, got[name], name, daemon)
+    _check_transparent(out, got["transparent"], "transparent", daemon, below=True)
+    _check_transparent(out, got["alone"], "alone", daemon, below=False)
+    _check_not_layers(out, got)
+    _check_indexed(out, got["indexed"])
+    _check_seeds(got)
+    (row,) = [r for r in got["weighted"]["image"]["layers"] if r["parent"] == "Underpaint"]
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    assert stored["params"]["prompt"] == weighted, "the weighted prompt reached the daemon as typed"
+    syntax = got["syntax"]
+    assert not syntax["success"] and syntax["status"] == "execution-error", syntax
+    assert "The prompt has a syntax error at character 7" in syntax["error"], syntax["error"]
+    assert "a fox, ▶(red:1.3 hair" in syntax["error"] and "never closed" in syntax["error"]
+    assert [r["name"] for r in syntax["image"]["layers"]] == ["Background"]
+
+
+TALL_SELECTION = (100, 150, 400, 1900)  # x, y, w, h on the tall canvas
+
+
+def _results(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    return [row for row in entry["image"]["layers"] if row["parent"] == "Underpaint"]
+
+
+def _check_stacking(out: Path, entry: dict[str, Any]) -> None:
+    """Four runs on one image (the picture's layer twice, then the newest result, then the oldest): one
+    group, the newest run on top whichever layer was active, the picture untouched."""
+    assert [run["success"] for run in entry["then"]] == [True, True, True], entry["then"]
+    assert entry["then"][1]["drawables"] == ["Inpaint seed 20 (tiny)"], "GIMP selects the newest result"
+    top = [row["name"] for row in entry["image"]["layers"] if row["parent"] is None]
+    assert top == ["Underpaint", "Background"], "a second group was made"
+    names = [row["name"] for row in _results(entry)]
+    assert names == [f"Inpaint seed {seed} (tiny)" for seed in (40, 30, 20, 21, 7)], names
+    h, w = _original().shape[:2]
+    background = next(row for row in entry["image"]["layers"] if row["name"] == "Background")
+    assert np.array_equal(_rgba(out, background["pixels"], w, h), _original())
+
+
+def _render(daemon, op: str, params: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
+    """Run a stored layer's parameters again on the daemon (bit-identical for the same inputs)."""
+    from underpaint.protocol import Client
+
+    with Client(daemon.endpoint, timeout=120) as client:
+        client.hello()
+        return client.run(op, params, images)["images"][0]
+
+
+def _check_canvas(out: Path, entry: dict[str, Any], name: str, daemon) -> None:
+    """Generate on a canvas beyond 2048 px: the model paints at its own size, and the layer is that
+    picture scaled by one factor to cover the target and cropped (what a stretch would not match)."""
+    width, height = CANVASES[name]
+    image = entry["image"]
+    assert (image["width"], image["height"]) == (width, height)
+    (row,) = _results(entry)
+    target = Rect(0, 0, width, height) if name == "wide" else Rect(*TALL_SELECTION)
+    assert (row["x"], row["y"], row["width"], row["height"]) == (
+        target.x,
+        target.y,
+        target.width,
+        target.height,
+    )
+    assert row["mask"] == (name == "tall"), "masked by the selection only when there is one"
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    params = stored["params"]
+    assert (params["width"], params["height"]) == (64, 64), "the tiny preset's native size (and minimum)"
+    painted = _render(daemon, "txt2img", params, {})
+    small = Image.frombytes("RGBA", (painted["width"], painted["height"]), bytes(painted["data"]))
+    sw, sh, left, top = region.cover(small.width, small.height, target)
+    assert max(sw / small.width, sh / small.height) / min(sw / small.width, sh / small.height) < 1.01
+    layer = _rgba(out, row["pixels"], row["width"], row["height"]).astype(float)[..., :3]
+    kept = np.asarray(small.resize((sw, sh), Image.BICUBIC), float)[
+        top : top + target.height, left : left + target.width, :3
+    ]
+    stretched = np.asarray(small.resize((target.width, target.height), Image.BICUBIC), float)[..., :3]
+    kept_error, stretch_error = np.abs(layer - kept).mean(), np.abs(layer - stretched).mean()
+    assert kept_error < 4 and stretch_error > 3 * kept_error, (kept_error, stretch_error)
+    background = next(r for r in image["layers"] if r["name"] == "Background")
+    assert np.array_equal(
+        _rgba(out, background["pixels"], width, height)[..., :3], np.asarray(_canvas((width, height)))
+    )
+
+
+def _check_transparent(out: Path, entry: dict[str, Any], call: str, daemon, below: bool) -> None:
+    """Refine on a layer whose transparent pixels hide magenta: the model got the layer over the picture
+    (`below`) or over white, never the magenta; proved by rendering the stored parameters again with
+    that composite (same pixels, bit for bit) and with the raw layer (other pixels)."""
+    (row,) = _results(entry)
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    assert stored["images"] == {"image": "loud", "mask": "the selection"}
+    h, w = _original().shape[:2]
+    loud = next(r for r in entry["image"]["layers"] if r["name"] == "loud")
+    raw = _rgba(out, loud["pixels"], w, h)
+    assert (raw[..., 3] == 0).any() and (raw[raw[..., 3] == 0][:, :3] == (255, 0, 255)).all(), "magenta hides"
+    under = _original() if below else np.full_like(_original(), 255)
+    seen = np.where(raw[..., 3:] == 255, raw, under)
+    seen[..., 3] = 255
+    x, y, rw, rh = stored["region"]
+    selection = _gray(out, f"{call}-selection.y", w, h)
+    mask = {
+        "format": "raw",
+        "width": rw,
+        "height": rh,
+        "channels": 1,
+        "data": selection[y : y + rh, x : x + rw].tobytes(),
+    }
+
+    def patch(picture: np.ndarray) -> np.ndarray:
+        crop = np.ascontiguousarray(picture[y : y + rh, x : x + rw])
+        image = {"format": "raw", "width": rw, "height": rh, "channels": 4, "data": crop.tobytes()}
+        done = _render(daemon, "sdedit", stored["params"], {"image": image, "mask": mask})
+        return np.frombuffer(bytes(done["data"]), np.uint8).reshape(done["height"], done["width"], 4)
+
+    layer = _rgba(out, row["pixels"], row["width"], row["height"])
+    shown = layer[..., 3] > 0
+    assert np.array_equal(patch(seen)[shown], layer[shown]), "the model saw what the painter sees"
+    assert not np.array_equal(patch(raw)[shown], layer[shown]), "the hidden magenta would have shown"
+
+
+def _check_not_layers(out: Path, got: dict[str, Any]) -> None:
+    """A channel or the selection mask as the source: a message saying to pick a layer, nothing added;
+    a layer mask: its layer is the source."""
+    for name, what in (("channel", "the channel 'spot'"), ("selection-mask", "the selection mask")):
+        entry = got[name]
+        assert not entry["success"] and what in entry["error"], entry
+        assert "Click a layer in the Layers dialog" in entry["error"]
+        assert [r["name"] for r in entry["image"]["layers"]] == ["Background"]
+    entry = got["layer-mask"]
+    assert [r["name"] for r in entry["image"]["layers"] if r["parent"] is None] == [
+        "Underpaint",
+        "Background",
+    ]
+    (row,) = _results(entry)
+    assert json.loads(row["parasites"]["underpaint-params"])["images"]["image"] == "Background"
+
+
+def _check_indexed(out: Path, entry: dict[str, Any]) -> None:
+    """An indexed image is left as it was; its results are in an RGB copy, returned as new-image."""
+    image, copy = entry["image"], entry["new_image"]
+    assert image["base_type"] == "indexed" and [r["name"] for r in image["layers"]] == ["Background"]
+    h, w = _original().shape[:2]
+    before = _rgba(out, entry["before"], w, h)
+    assert np.array_equal(_rgba(out, image["layers"][0]["pixels"], w, h), before)
+    assert copy is not None and copy["base_type"] == "rgb"
+    assert [r["name"] for r in copy["layers"]] == ["Underpaint", "Inpaint seed 7 (tiny)", "Background"]
+    assert np.array_equal(_rgba(out, copy["layers"][-1]["pixels"], w, h), before)
+
+
+def _check_seeds(got: dict[str, Any]) -> None:
+    names = [r["name"] for r in _results(got["seed-top"])]
+    assert names == [f"Inpaint seed {modes.MAX_INT - 1} (tiny)", f"Inpaint seed {modes.MAX_INT} (tiny)"]
+    over = got["seed-over"]
+    assert not over["success"] and "at most 2147483646, or -1 for a random one" in over["error"], over
+    seeds = [int(r["name"].split()[2]) for r in _results(got["seed-random"])]
+    assert len(seeds) == 3 and seeds == list(range(seeds[0], seeds[0] + 3)) and seeds[-1] <= modes.MAX_INT
+
+
+def test_gimp_dialogs_remember_and_point_at_prompt_errors(gimp: GimpEnv, daemon) -> None:
+    """In a HOME of its own: a dialog opens with the values of the last successful run (GIMP's
+    last-values mechanism; the second call's own arguments lose), and a prompt the daemon cannot read
+    opens the dialog again, titled for it, with the message under the prompt (photographed)."""
+    home = gimp.work / "home-remember"
+    shutil.copytree(
+        gimp.home / ".config" / "GIMP" / "3.0" / "plug-ins", home / ".config" / "GIMP" / "3.0" / "plug-ins"
+    )
+    session = replace(gimp, home=home)
+    base = {"endpoint": daemon.endpoint, "steps": STEPS}
+    instruct, refine = modes.mode_by_key("instruct").procedure, modes.mode_by_key("refine").procedure
+    calls = [
+        {"name": "remember", "procedure": instruct, "selection": SELECTION, "interactive": True,
+         "args": {**base, "instruction": "make it (snowy:1.2) winter", "seed": 11, "variations": 2}},
+        {"name": "recall", "procedure": instruct, "selection": SELECTION, "interactive": True,
+         "args": {**base, "instruction": "", "seed": 5, "steps": 2, "variations": 1}},
+        {"name": "fix-prompt", "procedure": refine, "selection": SELECTION, "interactive": True,
+         "args": {**base, "seed": 7, "prompt": "a cat, (red fox"}},
+    ]  # fmt: skip
+    answers = {
+        "Underpaint Instruct": "Return",
+        "Underpaint Refine": "Return",
+        "Underpaint Refine (fix the prompt)": "Escape",
+    }
+    result = session.batch("remember", calls, dialogs=answers)
+    out, got = result["out"], result["calls"]
+    answered = (out / "dialogs.txt").read_text().splitlines()
+    assert answered == [
+        "Underpaint Instruct\tReturn",
+        "Underpaint Instruct\tReturn",
+        "Underpaint Refine\tReturn",
+        "Underpaint Refine (fix the prompt)\tEscape",
+    ], result["log"]
+    for name in ("remember", "recall"):
+        assert got[name]["success"], f"{name}: {got[name]['error']}\n{result['log']}"
+        rows = _results(got[name])
+        assert [r["name"] for r in rows] == ["Instruct seed 11 (tiny)", "Instruct seed 12 (tiny)"], name
+        stored = json.loads(rows[0]["parasites"]["underpaint-params"])
+        assert (
+            stored["params"]["instruction"] == "make it (snowy:1.2) winter"
+            and stored["params"]["steps"] == STEPS
+        )
+    settings = home / ".config" / "GIMP" / "3.0" / "plug-in-settings"
+    kept = [
+        p for p in settings.glob("*.last") if "make it (snowy:1.2) winter" in p.read_text(errors="replace")
+    ]
+    assert kept, f"no last-values file in {settings}: {sorted(p.name for p in settings.glob('*'))}"
+    fix = got["fix-prompt"]
+    assert fix["status"] == "cancel" and [r["name"] for r in fix["image"]["layers"]] == ["Background"], fix
+    shots = json.loads((out / "dialogs.json").read_text())["dialogs"]
+    assert [shot["title"] for shot in shots][-2:] == [
+        "Underpaint Refine",
+        "Underpaint Refine (fix the prompt)",
+    ]
+    first, again = (Image.open(out / shot["png"]) for shot in shots[-2:])
+    assert again.size[1] > first.size[1], "the message under the prompt makes the dialog taller"

@@ -4,9 +4,16 @@ user would, then save, reload and describe the results for pytest to check.
 Driven by the JSON file named in the UNDERPAINT_BATCH_SPEC environment variable:
   {"picture": path, "out": dir, "procedures": [names to describe],
    "calls": [{"name", "procedure", "args": {...}, "selection": ..., "layers": [{"picture", "name", "hidden"}],
-              "drawables": "all" or "reversed" (every top-level layer, top to bottom or bottom to top;
-                           default: the picture's layer),
-              "grayscale": bool, "interactive": bool, "returns_image": bool}]}
+              "picture": path (instead of the spec's), "grayscale": bool, "indexed": bool,
+              "hide_picture": bool (hide the picture's own layer),
+              "drawables": "all" or "reversed" (every top-level layer, top to bottom or bottom to top),
+                           "top" (the topmost layer), "channel" (a new channel), "selection" (the
+                           selection mask), "mask" (a new white layer mask of the picture's layer);
+                           default: the picture's layer,
+              "then": [{"args": {...}, "drawables": "picture", "selected" (what GIMP has selected
+                        after the previous run) or "named:<layer name>"}]: more runs on the same
+                        image, each in entry["then"],
+              "interactive": bool, "returns_image": bool}]}
 An argument given as {"layer": name} is the layer of that name (one of `layers`).
 Writes `<out>/result.json` (always, even on errors: gimp-console exits 0 on caught exceptions) with,
 per call: the PDB status, the error message, the duration, and the reloaded .xcf's layer tree with
@@ -23,6 +30,12 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, Gio  # noqa: E402
+
+BASE_TYPES = {
+    Gimp.ImageBaseType.RGB: "rgb",
+    Gimp.ImageBaseType.GRAY: "gray",
+    Gimp.ImageBaseType.INDEXED: "indexed",
+}
 
 SPEC = json.load(open(os.environ["UNDERPAINT_BATCH_SPEC"]))
 OUT = SPEC["out"]
@@ -81,6 +94,7 @@ def save_and_describe(image, name):
     composite = Gimp.Layer.new_from_visible(again, again, "composite")
     info = {
         "xcf": os.path.basename(xcf),
+        "base_type": BASE_TYPES[again.get_base_type()],
         "width": again.get_width(),
         "height": again.get_height(),
         "layers": describe(again.get_layers(), name),
@@ -105,11 +119,64 @@ def make_selection(image, how):
         Gimp.Selection.feather(image, feather)
 
 
+def pick_drawables(image, layer, how):
+    """The drawables a call passes, as `how` names them (see the module doc)."""
+    if how == "all":
+        return list(image.get_layers())
+    if how == "reversed":
+        return list(image.get_layers())[::-1]
+    if how == "top":
+        return [image.get_layers()[0]]
+    if how == "selected":
+        return list(image.get_selected_layers())
+    if how and how.startswith("named:"):
+        return [image.get_layer_by_name(how.removeprefix("named:"))]
+    if how == "channel":
+        channel = Gimp.Channel.new(image, "spot", image.get_width(), image.get_height(), 50.0,
+                                   Gegl.Color.new("red"))  # fmt: skip
+        image.insert_channel(channel, None, 0)
+        return [channel]
+    if how == "selection":
+        return [image.get_selection()]
+    if how == "mask":
+        if not layer.has_alpha():
+            layer.add_alpha()
+        mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+        layer.add_mask(mask)
+        return [mask]
+    return [layer]
+
+
+def run_procedure(call, image, drawables, args, interactive):
+    procedure = PDB.lookup_procedure(call["procedure"])
+    config = procedure.create_config()
+    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if interactive else NONINTERACTIVE)
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", drawables)
+    for key, value in args.items():
+        config.set_property(key, value)
+    started = time.monotonic()
+    values = procedure.run(config)
+    seconds = time.monotonic() - started
+    status = values.index(0)
+    success = status == Gimp.PDBStatusType.SUCCESS
+    return values, {
+        "status": status.value_nick if hasattr(status, "value_nick") else str(status),
+        "success": success,
+        "error": PDB.get_last_error() if not success else "",
+        "seconds": seconds,
+    }
+
+
 def run_call(call):
-    image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(SPEC["picture"]))
+    image = Gimp.file_load(NONINTERACTIVE, Gio.File.new_for_path(call.get("picture") or SPEC["picture"]))
     if call.get("grayscale"):
         image.convert_grayscale()
+    if call.get("indexed"):
+        image.convert_indexed(Gimp.ConvertDitherType.NONE, Gimp.ConvertPaletteType.GENERATE, 32, False,
+                              False, "")  # fmt: skip
     layer = image.get_layers()[0]
+    layer.set_visible(not call.get("hide_picture"))
     named = {}
     for extra in call.get("layers") or []:
         added = Gimp.file_load_layer(NONINTERACTIVE, image, Gio.File.new_for_path(extra["picture"]))
@@ -121,34 +188,25 @@ def run_call(call):
         key: named[value["layer"]] if isinstance(value, dict) else value
         for key, value in (call.get("args") or {}).items()
     }
-    drawables = {"all": list(image.get_layers()), "reversed": list(image.get_layers())[::-1]}.get(
-        call.get("drawables"), [layer]
-    )
-    image.set_selected_layers(drawables)
+    drawables = pick_drawables(image, layer, call.get("drawables"))
+    if all(d.is_layer() for d in drawables):
+        image.set_selected_layers(drawables)
     make_selection(image, call.get("selection"))
     dump(image.get_selection(), os.path.join(OUT, f"{call['name']}-selection.y"), "Y u8")
     layers_before = len(image.get_layers())
+    before = dump(layer, os.path.join(OUT, f"{call['name']}-before.rgba"))
 
-    procedure = PDB.lookup_procedure(call["procedure"])
-    config = procedure.create_config()
-    config.set_property("run-mode", Gimp.RunMode.INTERACTIVE if call.get("interactive") else NONINTERACTIVE)
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", drawables)
-    for key, value in args.items():
-        config.set_property(key, value)
-    started = time.monotonic()
-    values = procedure.run(config)
-    seconds = time.monotonic() - started
-    status = values.index(0)
-    entry = {
-        "status": status.value_nick if hasattr(status, "value_nick") else str(status),
-        "success": status == Gimp.PDBStatusType.SUCCESS,
-        "error": PDB.get_last_error() if status != Gimp.PDBStatusType.SUCCESS else "",
-        "seconds": seconds,
-        "layers_before": layers_before,
-        "top_level_after": len(image.get_layers()),
-        "image": save_and_describe(image, call["name"]),
-    }
+    values, entry = run_procedure(call, image, drawables, args, call.get("interactive"))
+    entry["before"] = before  # the picture's layer as it was before the call
+    entry["then"] = []
+    for more in call.get("then") or []:
+        again = pick_drawables(image, layer, more.get("drawables") or "picture")
+        _, done = run_procedure(call, image, again, {**args, **more.get("args", {})}, False)
+        done["drawables"] = [d.get_name() for d in again]
+        entry["then"].append(done)
+    entry["layers_before"] = layers_before
+    entry["top_level_after"] = len(image.get_layers())
+    entry["image"] = save_and_describe(image, call["name"])
     if entry["success"] and call.get("returns_image"):
         new_image = values.index(1)
         entry["new_image"] = save_and_describe(new_image, call["name"] + "-new") if new_image else None
@@ -169,6 +227,7 @@ def describe_procedure(name):
         "image_types": procedure.get_image_types(),
         "sensitivity": int(procedure.get_sensitivity_mask()),
         "arguments": {a.name: a.value_type.name for a in procedure.get_arguments()},
+        "returns": [v.name for v in procedure.get_return_values()],
     }
 
 

@@ -4,7 +4,9 @@ GIMP registers the procedures at start, when the daemon may not run, so `model` 
 argument; the dialog asks the daemon for its presets when it opens (and on Refresh), lists them with
 their family, explains the picked family, greys out the settings that preset does not take, and
 keeps OK disabled while the preset cannot run this mode. If the daemon does not answer, the dialog
-says so and the preset can still be typed.
+says so and the preset can still be typed. The prompt fields' tooltips say which prompt syntax the
+picked preset reads; a prompt the daemon refused reopens the dialog with the message under that field
+and the cursor where the daemon points.
 """
 
 from __future__ import annotations
@@ -16,28 +18,44 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gtk", "3.0")
-from gi.repository import Gimp, GimpUi, GObject, Gtk  # noqa: E402
+from gi.repository import Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 
 from . import job as jobs  # noqa: E402
 from .modes import MODEL, Arg, Mode, effective  # noqa: E402
 from .presets import Catalog, Preset, help_text  # noqa: E402
+from .prompt_errors import PromptError  # noqa: E402
 from .request import UserError  # noqa: E402
 
 ASK_TIMEOUT = 2.0  # s: a daemon that is up answers `hello` in milliseconds
 HELP_WIDTH = 72  # characters per line of the explanation under the picker
 ABOUT_HEIGHT = 118  # px: about seven lines of the family's paragraph before it scrolls
 SETTINGS = "family-settings"  # the argument whose tooltip lists the picked preset's own parameters
+# Prompt arguments -> the wire parameter whose `syntax` the preset's op spec states.
+PROMPTS = {"prompt": "prompt", "negative-prompt": "negative_prompt", "instruction": "instruction"}
+SYNTAX = {
+    "weighted": "Prompt syntax: (red hair:1.3) stresses a phrase, (background:0.7) softens it; write "
+    "\\( and \\) for literal parentheses.",
+    "plain": "Prompt syntax: plain text; this preset cannot weigh phrases, so (text:1.3) is refused; "
+    "write \\( and \\) for literal parentheses.",
+}
 
 
-def run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, mode: Mode) -> bool:
-    """Show the dialog; True when the user pressed OK (the config then holds the values)."""
+def run_dialog(
+    procedure: Gimp.Procedure,
+    config: Gimp.ProcedureConfig,
+    mode: Mode,
+    problem: PromptError | None = None,
+) -> bool:
+    """Show the dialog (with `problem` under its prompt field, when the daemon refused one); True when
+    the user pressed OK (the config then holds the values)."""
     if not Gtk.init_check()[0]:  # GimpUi.init would end the plug-in process without a display
         raise UserError(
             f"Underpaint {mode.title} cannot open its dialog: there is no display. Call it "
             "non-interactively (RUN-NONINTERACTIVE) with its arguments instead."
         )
     GimpUi.init("underpaint")
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, f"Underpaint {mode.title}")
+    title = f"Underpaint {mode.title}" + (f" (fix {problem.what})" if problem is not None else "")
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     dialog.fill([arg.name for arg in mode.args if arg.kind != "strings" and arg.name != "model"])
     kind = ComparePicker if mode.key == "compare" else PresetPicker
     picker = kind(dialog, config, mode)
@@ -46,10 +64,44 @@ def run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, mode: Mo
     content.reorder_child(picker.box, 0)
     picker.box.show_all()
     picker.refresh()
+    if problem is not None:
+        show_problem(dialog, problem)
     try:
         return bool(dialog.run())
     finally:
         dialog.destroy()
+
+
+def show_problem(dialog: GimpUi.ProcedureDialog, problem: PromptError) -> None:
+    """The daemon's message right under the prompt field it is about, and the cursor at its position."""
+    field = dialog.get_widget(problem.argument, GObject.TYPE_NONE)
+    message = _label(
+        str(problem), "What the Underpaint daemon could not read in this text; fix it and press OK"
+    )
+    message.get_style_context().add_class("error")
+    message.set_markup(f'<span foreground="#c01c28">{GLib.markup_escape_text(str(problem))}</span>')
+    message.set_selectable(True)
+    parent = field.get_parent() if field is not None else None
+    if not isinstance(parent, Gtk.Box):
+        content = dialog.get_content_area()
+        content.pack_start(message, False, False, 4)
+        content.reorder_child(message, 1)
+        message.show()
+        return
+    parent.pack_start(message, False, False, 0)
+    parent.reorder_child(message, parent.child_get_property(field, "position") + 1)
+    message.show()
+    entry = field.get_entry() if isinstance(field, GimpUi.LabelEntry) else None
+    if entry is None:
+        return
+
+    def focus() -> bool:
+        entry.grab_focus_without_selecting()
+        if problem.position is not None:
+            entry.set_position(min(problem.position, len(entry.get_text())))
+        return False
+
+    GLib.idle_add(focus)
 
 
 def _label(text: str, tooltip: str = "") -> Gtk.Label:
@@ -124,6 +176,18 @@ class _Picker:
     def update(self) -> None:
         raise NotImplementedError
 
+    def explain_syntax(self, name: str, op: str) -> None:
+        """Add the prompt syntax the preset reads (weighted or plain) to the prompt fields' tooltips."""
+        if self.catalog is None:
+            return
+        for argument, param in PROMPTS.items():
+            widget = self.dialog.get_widget(argument, GObject.TYPE_NONE) if self.mode.has(argument) else None
+            mixed = self.mode.key == "mix" and argument == "prompt"  # Mix's prompt is one of its items
+            syntax = self.catalog.syntax(name, op, "items" if mixed else param)
+            if widget is None or not widget.get_sensitive() or syntax not in SYNTAX:
+                continue
+            widget.set_tooltip_text(f"{self._tooltips.get(argument) or ''}\n{SYNTAX[syntax]}".strip())
+
     def grey_out(self, takes: Callable[[Arg], bool], why: str) -> None:
         """Settings the chosen preset(s) do not use are insensitive, their tooltip saying why."""
         for arg in self.mode.args:
@@ -197,6 +261,7 @@ class PresetPicker(_Picker):
             self.grey_out(lambda arg: True, "")
             return
         self.grey_out(lambda arg: preset.takes(self.mode.op, arg), f"{preset.name} ({preset.title})")
+        self.explain_syntax(preset.name, self.mode.op)
         extra = self.catalog.family_settings(preset, self.mode.op)
         if extra and self.mode.has(SETTINGS):
             blurb, takes = self._tooltips.get(SETTINGS) or "", "\n".join(extra.values())

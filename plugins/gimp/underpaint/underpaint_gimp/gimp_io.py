@@ -1,8 +1,8 @@
-"""GIMP side of the pixels: read crops through Gegl buffers, add result layers, drive the progress bar.
+"""GIMP side of the results: add the result layers, make new images, drive the progress bar.
 
-Pixels go straight between Gegl buffers and the wire as 8-bit R'G'B'A / Y bytes (no temporary files).
-Results are only ever added: new layers inside an "Underpaint" layer group, in one undo group; no
-existing layer is touched.
+Result pixels go straight from the wire into Gegl buffers as 8-bit R'G'B'A bytes. Results are only
+ever added: new layers inside an "Underpaint" layer group, in one undo group; no existing layer is
+touched (an indexed image gets them in an RGB copy).
 """
 
 from __future__ import annotations
@@ -12,77 +12,10 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
-from underpaint_protocol.regions import Rect  # noqa: E402
 
 from .placement import GROUP_NAME, GROUP_PARASITE, PARASITE, LayerPlan  # noqa: E402
-
-RGBA = "R'G'B'A u8"
-GRAY = "Y u8"
-
-
-def image_rect(image: Gimp.Image) -> Rect:
-    return Rect(0, 0, image.get_width(), image.get_height())
-
-
-def drawable_rect(drawable: Gimp.Drawable) -> Rect:
-    _, x, y = drawable.get_offsets()
-    return Rect(x, y, drawable.get_width(), drawable.get_height())
-
-
-def selection_rect(image: Gimp.Image) -> Rect | None:
-    """The selection's bounding box, or None when nothing is selected."""
-    bounds = Gimp.Selection.bounds(image)
-    if not bounds.non_empty:
-        return None
-    rect = Rect.from_corners(bounds.x1, bounds.y1, bounds.x2, bounds.y2)
-    return None if rect.empty else rect
-
-
-def _read(drawable: Gimp.Drawable, region: Rect, fmt: str) -> bytes:
-    """`region` (image coordinates) of `drawable`; outside the drawable reads as transparent/zero."""
-    offset = drawable_rect(drawable)
-    local = region.translated(-offset.x, -offset.y)
-    rect = Gegl.Rectangle.new(local.x, local.y, local.width, local.height)
-    data = drawable.get_buffer().get(rect, 1.0, fmt, Gegl.AbyssPolicy.NONE)
-    return bytes(data)
-
-
-def read_rgba(drawable: Gimp.Drawable, region: Rect) -> bytes:
-    return _read(drawable, region, RGBA)
-
-
-def read_visible(image: Gimp.Image, region: Rect) -> bytes:
-    """The visible composite, through a layer made from it that never enters the image."""
-    layer = Gimp.Layer.new_from_visible(image, image, "underpaint-visible")
-    try:
-        return _read(layer, region, RGBA)
-    finally:
-        layer.delete()
-
-
-def read_mask(image: Gimp.Image, region: Rect) -> bytes:
-    """The selection as an 8-bit mask (soft edges kept)."""
-    return _read(image.get_selection(), region, GRAY)
-
-
-def read_gray(drawable: Gimp.Drawable, region: Rect) -> bytes:
-    """`region` of a layer as 8-bit luminance (a depth map: white = near)."""
-    return _read(drawable, region, GRAY)
-
-
-def read_whole(drawable: Gimp.Drawable) -> tuple[int, int, bytes]:
-    """A whole layer as a picture of its own (Mix blends layers, not crops): width, height, RGBA."""
-    rect = drawable_rect(drawable)
-    return rect.width, rect.height, _read(drawable, rect, RGBA)
-
-
-def stack_order(image: Gimp.Image, item: Gimp.Item) -> tuple[int, ...]:
-    """Sort key putting layers in the order the Layers dialog shows them, top to bottom."""
-    path = []
-    while item is not None:
-        path.insert(0, image.get_item_position(item))
-        item = item.get_parent()
-    return tuple(path)
+from .reading import RGBA, layer_type, same_item  # noqa: E402
+from .region import cover  # noqa: E402
 
 
 def _parasite(name: str, data: bytes) -> Gimp.Parasite:
@@ -94,11 +27,21 @@ def _is_our_group(item: Gimp.Item | None) -> bool:
 
 
 def _target_group(image: Gimp.Image, anchor: Gimp.Item | None) -> tuple[Gimp.Layer, int]:
-    """Where results go: into our group above the active layer (creating the group if needed)."""
+    """Where results go: on top of our group, newest first. The group is the active layer itself, the
+    one holding it, or the one a previous run put just above it; else a new one above the active layer
+    (at the top of the image when there is none)."""
     if anchor is not None and _is_our_group(anchor):
         return anchor, 0
     if anchor is not None and _is_our_group(anchor.get_parent()):
-        return anchor.get_parent(), image.get_item_position(anchor)
+        return anchor.get_parent(), 0
+    if anchor is not None:
+        parent = anchor.get_parent()
+        siblings = image.get_layers() if parent is None else parent.get_children()
+        position = image.get_item_position(anchor)
+        if position > 0 and _is_our_group(siblings[position - 1]):
+            return siblings[position - 1], 0
+    elif image.get_layers() and _is_our_group(image.get_layers()[0]):
+        return image.get_layers()[0], 0
     group = Gimp.GroupLayer.new(image, GROUP_NAME)
     if anchor is not None and anchor.is_layer():
         image.insert_layer(group, anchor.get_parent(), image.get_item_position(anchor))
@@ -108,14 +51,9 @@ def _target_group(image: Gimp.Image, anchor: Gimp.Item | None) -> tuple[Gimp.Lay
     return group, 0
 
 
-def _layer_type(image: Gimp.Image) -> Gimp.ImageType:
-    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
-    return Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
-
-
 def _new_layer(image: Gimp.Image, plan: LayerPlan) -> Gimp.Layer:
     layer = Gimp.Layer.new(
-        image, plan.name, plan.width, plan.height, _layer_type(image), 100.0, Gimp.LayerMode.NORMAL
+        image, plan.name, plan.width, plan.height, layer_type(image), 100.0, Gimp.LayerMode.NORMAL
     )
     return layer
 
@@ -141,8 +79,7 @@ def add_result_layers(
             layer.set_offsets(plan.x, plan.y)
             _fill(layer, plan)
             if plan.fit is not None:
-                layer.scale(plan.fit.width, plan.fit.height, False)
-                layer.set_offsets(plan.fit.x, plan.fit.y)
+                _cover(layer, plan)
             if mask_with_selection:
                 layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             layer.attach_parasite(_parasite(PARASITE, plan.parasite))
@@ -152,11 +89,38 @@ def add_result_layers(
     return layers
 
 
+def _cover(layer: Gimp.Layer, plan: LayerPlan) -> None:
+    """Scale the layer uniformly to cover `plan.fit` and crop it to exactly that (never stretch)."""
+    assert plan.fit is not None
+    width, height, left, top = cover(plan.width, plan.height, plan.fit)
+    if (width, height) != (plan.width, plan.height):
+        layer.scale(width, height, False)
+    if (left, top) != (0, 0) or (width, height) != (plan.fit.width, plan.fit.height):
+        layer.resize(plan.fit.width, plan.fit.height, -left, -top)
+    layer.set_offsets(plan.fit.x, plan.fit.y)
+
+
+def rgb_copy(image: Gimp.Image) -> Gimp.Image:
+    """An RGB duplicate of an indexed image to hold the results (the indexed image is left as it is:
+    a palette cannot hold a model's colours)."""
+    copy = image.duplicate()
+    copy.undo_disable()
+    copy.convert_rgb()
+    copy.undo_enable()
+    return copy
+
+
+def twin_of(copy: Gimp.Image, image: Gimp.Image, item: Gimp.Item | None) -> Gimp.Item | None:
+    """The layer of a duplicate at the place `item` has in `image` (None stays None)."""
+    return None if item is None else same_item(copy, image, item)
+
+
 def new_image_with(base: Gimp.Image, plans: list[LayerPlan]) -> Gimp.Image:
-    """Upscale: a new image holding the results, the source image untouched."""
+    """Upscale: a new image holding the results, the source image untouched (RGB for an indexed one)."""
     width = max(p.x + p.width for p in plans)
     height = max(p.y + p.height for p in plans)
-    image = Gimp.Image.new(width, height, base.get_base_type())
+    gray = base.get_base_type() == Gimp.ImageBaseType.GRAY
+    image = Gimp.Image.new(width, height, Gimp.ImageBaseType.GRAY if gray else Gimp.ImageBaseType.RGB)
     image.undo_disable()
     for plan in reversed(plans):
         layer = _new_layer(image, plan)

@@ -14,7 +14,9 @@ from types import ModuleType
 from typing import Any
 
 from . import CLIENT_NAME
+from .prompt_errors import prompt_error
 from .request import JobRequest, UserError, fit_to_preset
+from .steps import StepCount, asked_steps
 
 HANDSHAKE_TIMEOUT = 5.0  # s: a daemon that is up answers `hello` in milliseconds
 SUBMIT_TIMEOUT = 120.0  # s: sending and validating a large crop
@@ -46,6 +48,12 @@ def load_protocol() -> ModuleType:
     except ImportError as exc:
         raise UserError(missing_dependency_message(exc)) from exc
     return underpaint_protocol
+
+
+def refused(reply: dict[str, Any], params: dict[str, Any]) -> UserError:
+    """The UserError for an error reply of the daemon (a PromptError for prompt syntax)."""
+    code, message = str(reply.get("code", "job_failed")), str(reply.get("message", ""))
+    return prompt_error(reply, params) or UserError(daemon_error_message(code, message))
 
 
 def daemon_error_message(code: str, message: str) -> str:
@@ -115,9 +123,11 @@ class Session:
 
     def run(self, request: JobRequest, progress: Progress | None = None) -> dict[str, Any]:
         """Submit `request` (fitted to its preset: `fit` is idempotent, call it first to learn what is
-        left out) and wait for its result, reporting progress; raises UserError."""
+        left out) and wait for its result, reporting progress in the steps the user asked for; raises
+        UserError (a `prompt_errors.PromptError` for a prompt the daemon cannot read)."""
         report = progress or (lambda fraction, text: None)
         request = self.fit(request)
+        steps = StepCount(asked_steps(request, self.welcome))
         fields: dict[str, Any] = {"op": request.op, "params": request.params, "images": request.images}
         if request.model:
             fields["model"] = request.model
@@ -126,13 +136,13 @@ class Session:
         except TimeoutError as exc:
             raise UserError(f"The Underpaint daemon at {self.endpoint} stopped answering.") from exc
         except self.proto.DaemonError as exc:
-            raise UserError(daemon_error_message(exc.code, str(exc.reply.get("message", "")))) from exc
+            raise refused(exc.reply, request.params) from exc
         job = str(accepted["job"])
         position = int(accepted.get("position", 0))
         report(None, f"Underpaint: {_waiting(position)}")
-        return self._wait(job, report)
+        return self._wait(job, report, steps, request.params)
 
-    def _wait(self, job: str, report: Progress) -> dict[str, Any]:
+    def _wait(self, job: str, report: Progress, steps: StepCount, params: dict[str, Any]) -> dict[str, Any]:
         last_heard = time.monotonic()
         gone_since: float | None = None
         while True:
@@ -150,16 +160,14 @@ class Session:
             last_heard = now
             kind = message.get("type")
             if kind == "progress":
-                step, total = int(message.get("step", 0)), max(1, int(message.get("total", 1)))
-                report(min(1.0, step / total), f"Underpaint: step {step} of {total}")
+                report(*steps.update(int(message.get("step", 0)), max(1, int(message.get("total", 1)))))
             elif kind == "result":
                 report(1.0, "Underpaint: placing the result")
                 return message
             elif kind == "cancelled":
                 raise UserError("The Underpaint job was cancelled.")
             elif kind == "error":
-                code = str(message.get("code", "job_failed"))
-                raise UserError(daemon_error_message(code, str(message.get("message", ""))))
+                raise refused(message, params)
 
     def _ping(self, job: str, report: Progress) -> float | None:
         """Ask for the job's status after a silence; return when it was found gone (else None)."""

@@ -29,7 +29,7 @@ class LayerPlan:
     height: int
     data: bytes
     parasite: bytes
-    fit: Rect | None = None  # scale the layer to this rectangle (Generate into a selection)
+    fit: Rect | None = None  # cover this rectangle, scaled uniformly and cropped (Generate, Mix)
 
 
 def seconds_text(seconds: float) -> str:
@@ -116,8 +116,9 @@ def plan_layers(
 ) -> list[LayerPlan]:
     """Layers for every returned image. Upscale results start at (0, 0) of their new image.
 
-    `fit`: scale each layer to `region` (Generate/Mix with an automatic size: the daemon's sizes are
-    multiples of 8, at least 64 px, the selection's need not be).
+    `fit`: each layer covers `region`, scaled uniformly and cropped (`region.cover`), never stretched
+    (Generate/Mix with an automatic size paint at the model's working size, multiples of 8 of at
+    least 64 px, in the target's shape as near as those allow).
     """
     compared = {entry.get("model"): entry for entry in result.get("compare") or []}
     base = mode_by_op(str(result["params"]["op"])) if mode.key == "compare" else mode

@@ -112,6 +112,19 @@ class Catalog:
     def unknown(self, name: str) -> str:
         return f"No model preset '{name}' on the daemon (it has: {', '.join(sorted(self.names))})."
 
+    def resolution(self, names: list[str] | tuple[str, ...]) -> int | None:
+        """The native size Generate paints at for these presets (the daemon's default for ""): the
+        smallest of them, so no preset is asked for more than it was trained at (Compare runs one
+        size on all); None when the daemon does not say."""
+        sizes = [int(p.resolution) for p in map(self.get, names) if p is not None and p.resolution]
+        return min(sizes) if sizes else None
+
+    def syntax(self, name: str | None, op: str, param: str) -> str | None:
+        """'weighted' or 'plain': the prompt syntax the preset's `param` of `op` takes (None: unsaid)."""
+        preset = self.get(name)
+        spec = preset.specs(op).get(param) if preset is not None else None
+        return str(spec["syntax"]) if spec and spec.get("syntax") else None
+
 
 @dataclass(frozen=True)
 class Help:

@@ -1,9 +1,14 @@
 """The GIMP plug-in class: one `Gimp.ImageProcedure` per mode, a dialog when interactive.
 
-`run` is the whole flow of one call: check the selection, (dialog), read the pixels, talk to the daemon
-with GIMP's progress bar moving, add the result layers. Every failure a user can fix ends in an
-EXECUTION_ERROR carrying a readable message (GIMP shows it; batch callers get it from
-`pdb.get_last_error()`), never in a hang or a half-made result.
+`run` is the whole flow of one call: check the selection and the drawables, (dialog), read the pixels,
+talk to the daemon with GIMP's progress bar moving, add the result layers. Every failure a user can fix
+ends in an EXECUTION_ERROR carrying a readable message (GIMP shows it; batch callers get it from
+`pdb.get_last_error()`), never in a hang or a half-made result; a prompt the daemon cannot read opens
+the dialog again with the message under that prompt, so nothing typed is lost.
+
+The dialog's values persist through GIMP's own last-values mechanism: GIMP hands `run` a config that
+holds the values of the last successful interactive run (per image, then globally, kept in
+plug-in-settings across sessions) and saves them again after one.
 """
 
 from __future__ import annotations
@@ -17,20 +22,7 @@ gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, GLib, GObject  # noqa: E402
 
 from . import job as jobs  # noqa: E402
-from .gimp_io import (  # noqa: E402
-    GimpProgress,
-    add_result_layers,
-    drawable_rect,
-    image_rect,
-    new_image_with,
-    read_gray,
-    read_mask,
-    read_rgba,
-    read_visible,
-    read_whole,
-    selection_rect,
-    stack_order,
-)
+from .gimp_io import GimpProgress, add_result_layers, new_image_with, rgb_copy, twin_of  # noqa: E402
 from .modes import (  # noqa: E402
     FILL,
     MENU_PATH,
@@ -43,10 +35,14 @@ from .modes import (  # noqa: E402
     mode_by_procedure,
 )
 from .placement import LayerPlan, plan_layers  # noqa: E402
-from .region import crop_region, upscale_region  # noqa: E402
-from .request import MAX_ITEMS, JobRequest, Pixels, UserError, build_request  # noqa: E402
+from .presets import Catalog  # noqa: E402
+from .prompt_errors import PromptError  # noqa: E402
+from .reading import selection_rect  # noqa: E402
+from .request import JobRequest, UserError, build_request  # noqa: E402
+from .sources import as_layer, check_call, read_layers, read_pixels, selected_layers  # noqa: E402
 
 FLAGS = GObject.ParamFlags.READWRITE
+RESULT_IMAGE = "new-image"
 
 
 def _add_argument(procedure: Gimp.Procedure, arg: Arg) -> None:
@@ -83,7 +79,7 @@ def _sensitivity(mode: Mode) -> Gimp.ProcedureSensitivityMask:
 def create_procedure(plugin: Gimp.PlugIn, name: str) -> Gimp.Procedure:
     mode = mode_by_procedure(name)
     procedure = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run, mode)
-    procedure.set_image_types("RGB*, GRAY*")
+    procedure.set_image_types("RGB*, GRAY*, INDEXED*")  # indexed: the results go into an RGB copy
     procedure.set_sensitivity_mask(_sensitivity(mode))
     procedure.set_menu_label(mode.label)
     procedure.add_menu_path(MENU_PATH)
@@ -93,14 +89,16 @@ def create_procedure(plugin: Gimp.PlugIn, name: str) -> Gimp.Procedure:
         f"{mode.blurb}. Runs the {op} op on an Underpaint daemon (underpaint serve) and adds the "
         "result as new layers in an 'Underpaint' layer group above the active layer"
         + (" (Upscale: in a new image)" if mode.new_image else "")
-        + "; the parameters are stored in the 'underpaint-params' parasite of each layer.",
+        + "; the parameters are stored in the 'underpaint-params' parasite of each layer. An indexed "
+        "image is left as it is: the results go into an RGB copy of it, returned as new-image.",
         name,
     )
     procedure.set_attribution("Underpaint", "Underpaint contributors", "2026")
     for arg in mode.args:
         _add_argument(procedure, arg)
-    if mode.new_image:
-        procedure.add_image_return_value("new-image", "New image", "The upscaled image", True, FLAGS)
+    what = "The upscaled image" if mode.new_image else "The RGB copy of an indexed image holding the results"
+    procedure.add_image_return_value(RESULT_IMAGE, "New image", f"{what} (none when no image was made)",
+                                     True, FLAGS)  # fmt: skip
     return procedure
 
 
@@ -125,62 +123,12 @@ def _error(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, error)
 
 
-def _as_layer(drawable: Gimp.Drawable) -> Gimp.Drawable:
-    """Work on a layer mask's layer, never on the mask itself."""
-    return Gimp.Layer.from_mask(drawable) if drawable.is_layer_mask() else drawable
-
-
-def _selected_layers(image: Gimp.Image, drawables: list[Gimp.Drawable]) -> list[Gimp.Drawable]:
-    """The selected layers (not groups, masks' layers for masks), top to bottom as the Layers dialog
-    shows them, whatever order GIMP passed them in."""
-    layers: dict[int, Gimp.Drawable] = {}
-    for drawable in map(_as_layer, drawables):
-        if drawable.is_layer() and not drawable.is_group_layer():
-            layers.setdefault(drawable.get_id(), drawable)
-    return sorted(layers.values(), key=lambda item: stack_order(image, item))
-
-
-def _read_layers(mode: Mode, image: Gimp.Image, layers: list[Gimp.Drawable]) -> Pixels:
-    """Mix: every selected layer, whole; the result fills the selection (or the image)."""
-    if len(layers) > MAX_ITEMS:
-        raise UserError(f"{mode.title} blends at most {MAX_ITEMS} layers: select fewer.")
-    pixels = Pixels(selection_rect(image) or image_rect(image))
-    for index, layer in enumerate(layers):
-        pixels.layers.append(read_whole(layer))
-        pixels.sources[f"layer{index + 1}"] = layer.get_name()
-    return pixels
-
-
-def _read_pixels(mode: Mode, image: Gimp.Image, drawable: Gimp.Drawable | None, values: dict) -> Pixels:
-    selection = selection_rect(image)
-    whole = image_rect(image)
-    if not mode.uses_image:
-        return Pixels(selection or whole)
-    if drawable is None:
-        raise UserError(f"{mode.title} needs an active layer.")
-    visible = values.get("source") == "visible"
-    extent = None if visible else drawable_rect(drawable)
-    if mode.new_image:
-        region = upscale_region(whole, selection, extent)
-    else:
-        region = crop_region(whole, selection, extent, int(values.get("padding") or 0))
-    if region.empty:
-        raise UserError(f"{mode.title}: the selection and the layer do not overlap the image.")
-    pixels = Pixels(region)
-    pixels.image = read_visible(image, region) if visible else read_rgba(drawable, region)
-    pixels.sources["image"] = "the visible image" if visible else drawable.get_name()
-    if selection is not None and not mode.new_image:
-        pixels.mask = read_mask(image, region)
-        pixels.sources["mask"] = "the selection"
-    control = values.get("control-layer") if mode.has("control-layer") else None
-    if control is not None:
-        pixels.control = read_rgba(control, region)
-    pixels.sources["control"] = control.get_name() if control is not None else pixels.sources["image"]
-    depth = values.get("depth-layer") if mode.has("depth-layer") else None
-    if depth is not None:
-        pixels.depth = read_gray(depth, region)
-        pixels.sources["depth"] = depth.get_name()
-    return pixels
+def _returns(procedure: Gimp.Procedure, new_image: Gimp.Image | None) -> Gimp.ValueArray:
+    values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
+    if new_image is not None:
+        values.remove(1)
+        values.insert(1, GObject.Value(Gimp.Image, new_image))
+    return values
 
 
 def _place(
@@ -191,22 +139,33 @@ def _place(
     drawable: Gimp.Drawable | None,
     plans: list[LayerPlan],
 ) -> Gimp.ValueArray:
-    """Add the result layers (Upscale: in a new image, returned as `new-image`)."""
+    """Add the result layers (Upscale: in a new image; an indexed image: in an RGB copy of it), and
+    return the new image, if one was made, as `new-image`."""
     if not plans:
         raise UserError("The Underpaint daemon returned no image.")
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
     if mode.new_image:
         new_image = new_image_with(image, plans)
-        if run_mode == Gimp.RunMode.INTERACTIVE:
+        if interactive:
             _show(new_image)
-        values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
-        values.remove(1)
-        values.insert(1, GObject.Value(Gimp.Image, new_image))
-        return values
+        return _returns(procedure, new_image)
+    target = image
+    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
+        target = rgb_copy(image)
+        drawable = twin_of(target, image, drawable)
     anchor = drawable if drawable is not None and drawable.is_layer() else None
     masked = mode.result == FILL and selection_rect(image) is not None
-    add_result_layers(image, anchor, plans, mask_with_selection=masked)
-    Gimp.displays_flush()
-    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
+    add_result_layers(target, anchor, plans, mask_with_selection=masked)
+    if target is image:
+        Gimp.displays_flush()
+        return _returns(procedure, None)
+    if interactive:
+        _show(target)
+        Gimp.message(
+            "Underpaint: this image is indexed (a palette cannot hold the model's colours), so the "
+            "results are in an RGB copy of it, opened beside it. The indexed image is unchanged."
+        )
+    return _returns(procedure, target)
 
 
 def _report_compare(result: dict[str, Any]) -> None:
@@ -218,12 +177,48 @@ def _report_compare(result: dict[str, Any]) -> None:
 
 
 def _auto_size(mode: Mode, values: dict[str, Any], request: JobRequest) -> bool:
-    """Whether results are scaled to fill the selection: Generate/Mix without an explicit size, or
-    a preset that paints at its own size (DDPM takes no width/height)."""
+    """Whether results are fitted to the selection: Generate/Mix without an explicit size, or a preset
+    that paints at its own size (DDPM takes no width/height)."""
     if mode.result != FILL:
         return False
     explicit = bool(values.get("width") or values.get("height"))
     return not explicit or "width" not in request.params
+
+
+def _resolution(mode: Mode, values: dict[str, Any], welcome: dict[str, Any]) -> int | None:
+    """The native size of the preset(s) the call runs on (Generate and Mix paint at it)."""
+    names = values.get("models") if mode.key == "compare" else [values.get("model")]
+    return Catalog.from_welcome(welcome).resolution([str(n or "").strip() for n in names or []])
+
+
+def _job(
+    mode: Mode, image: Gimp.Image, drawables: list[Gimp.Drawable], values: dict[str, Any]
+) -> tuple[Mode, Gimp.Drawable | None, list[LayerPlan]]:
+    """Read, submit, wait: the mode whose placement applies, the layer results go above, the layers."""
+    base = effective(mode, values)
+    if base.needs_selection and selection_rect(image) is None:
+        raise UserError(f"{mode.title} of {base.title} needs a selection: select the region first.")
+    drawable = as_layer(drawables[0]) if drawables else None
+    progress = GimpProgress(f"Underpaint: {mode.title}")
+    try:
+        with jobs.Session(str(values["endpoint"]).strip()) as session:
+            if mode.source == SELECTED_LAYERS:
+                layers = selected_layers(image, drawables)
+                drawable = layers[0] if layers else drawable  # results go above the topmost one
+                pixels = read_layers(mode, image, layers)
+            else:
+                pixels = read_pixels(base, image, drawable, values)
+            request = build_request(mode, values, pixels, _resolution(mode, values, session.welcome))
+            request = session.fit(request)
+            result = session.run(request, progress)
+        if mode.key == "compare":
+            _report_compare(result)
+    finally:
+        progress.end()
+    fit = _auto_size(base, values, request)
+    sources = {slot: where for slot, where in sorted(pixels.sources.items()) if slot in request.images}
+    plans = plan_layers(mode, result, pixels.region, fit, not_sent=request.not_sent, sources=sources)
+    return base, drawable, plans
 
 
 def run(
@@ -235,45 +230,23 @@ def run(
     mode: Mode,
 ) -> Gimp.ValueArray:
     """One call of one mode (see the module doc)."""
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    problem: PromptError | None = None
     try:
-        if mode.needs_selection and selection_rect(image) is None:
-            raise UserError(
-                f"{mode.title} needs a selection: select the region to repaint first "
-                "(e.g. with the Ellipse Select tool), then run it again."
-            )
-        if mode.uses_image and len(drawables) != 1:
-            raise UserError(f"{mode.title} works on exactly one layer; select one layer.")
-        if mode.source == SELECTED_LAYERS and not drawables:
-            raise UserError(f"{mode.title} blends the selected layers; select one or more layers.")
-        if run_mode == Gimp.RunMode.INTERACTIVE:
-            from .dialog import run_dialog
+        check_call(mode, image, drawables)
+        while True:
+            if interactive:
+                from .dialog import run_dialog
 
-            if not run_dialog(procedure, config, mode):
-                return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
-        values = _values(mode, config)
-        base = effective(mode, values)
-        if base.needs_selection and selection_rect(image) is None:
-            raise UserError(f"{mode.title} of {base.title} needs a selection: select the region first.")
-        drawable = _as_layer(drawables[0]) if drawables else None
-        if mode.source == SELECTED_LAYERS:
-            layers = _selected_layers(image, drawables)
-            drawable = layers[0] if layers else drawable  # results go above the topmost one
-            pixels = _read_layers(mode, image, layers)
-        else:
-            pixels = _read_pixels(base, image, drawable, values)
-        request = build_request(mode, values, pixels)
-        progress = GimpProgress(f"Underpaint: {mode.title}")
-        try:
-            with jobs.Session(str(values["endpoint"]).strip()) as session:
-                request = session.fit(request)
-                result = session.run(request, progress)
-            if mode.key == "compare":
-                _report_compare(result)
-        finally:
-            progress.end()
-        fit = _auto_size(base, values, request)
-        sources = {slot: where for slot, where in sorted(pixels.sources.items()) if slot in request.images}
-        plans = plan_layers(mode, result, pixels.region, fit, not_sent=request.not_sent, sources=sources)
+                if not run_dialog(procedure, config, mode, problem):
+                    return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
+            try:
+                base, drawable, plans = _job(mode, image, drawables, _values(mode, config))
+                break
+            except PromptError as exc:
+                if not interactive:
+                    raise
+                problem = exc  # the dialog again, the message under that prompt
         return _place(procedure, run_mode, base, image, drawable, plans)
     except UserError as exc:
         return _error(procedure, str(exc))

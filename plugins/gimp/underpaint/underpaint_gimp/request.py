@@ -5,13 +5,14 @@ Pure Python so every mode's request can be checked against a real daemon outside
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from underpaint_protocol.regions import Rect
 
-from .modes import COMPARED, Mode, effective, mode_by_key
+from .modes import COMPARED, MAX_INT, Mode, effective, mode_by_key
 from .presets import Catalog
 from .region import generate_size
 
@@ -54,11 +55,25 @@ def raw(width: int, height: int, channels: int, data: bytes) -> dict[str, Any]:
     return {"format": "raw", "width": width, "height": height, "channels": channels, "data": data}
 
 
+def pick_seed(seed: int, variations: int) -> int:
+    """The seed to send: every layer's seed (image *i* gets `seed + i`) must be one a user can type
+    back into GIMP's Seed field (at most 2^31 - 1), so a random one is drawn here rather than by the
+    daemon (whose seeds go up to 2^32 - 1), and one too close to the top is refused."""
+    last = MAX_INT - (variations - 1)
+    if seed < 0:
+        return random.SystemRandom().randint(0, last)
+    if seed > last:
+        raise UserError(
+            f"Seed {seed} with {variations} variations would give seeds up to {seed + variations - 1}, "
+            f"beyond the largest GIMP takes ({MAX_INT}); use a seed of at most {last}, or -1 for a "
+            "random one."
+        )
+    return seed
+
+
 def _common(mode: Mode, values: dict[str, Any]) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "steps": int(values["steps"]),
-        "variations": int(values.get("variations") or 1),
-    }
+    variations = int(values.get("variations") or 1)
+    params: dict[str, Any] = {"steps": int(values["steps"]), "variations": variations}
     if mode.op != "variation":
         params["negative_prompt"] = str(values.get("negative-prompt") or "")
     if mode.op not in ("instruct", "variation", "mix"):
@@ -66,23 +81,25 @@ def _common(mode: Mode, values: dict[str, Any]) -> dict[str, Any]:
     guidance = float(values["guidance"])
     if guidance >= 0:  # Upscale: -1 = the upscaler's own default
         params["guidance_scale"] = guidance
-    seed = int(values.get("seed", -1))
-    params["seed"] = None if seed < 0 else seed
+    params["seed"] = pick_seed(int(values.get("seed", -1)), variations)
     return params
 
 
-def build_request(mode: Mode, values: dict[str, Any], pixels: Pixels) -> JobRequest:
-    """The `submit` for `mode` with these argument `values` (keyed by argument name)."""
-    request = _build(mode, values, pixels)
+def build_request(
+    mode: Mode, values: dict[str, Any], pixels: Pixels, resolution: int | None = None
+) -> JobRequest:
+    """The `submit` for `mode` with these argument `values` (keyed by argument name); `resolution`:
+    the preset's native size, which Generate and Mix paint at when no size is asked."""
+    request = _build(mode, values, pixels, resolution)
     request.settings = parse_settings(str(values.get("family-settings") or ""))
     return request
 
 
-def _build(mode: Mode, values: dict[str, Any], pixels: Pixels) -> JobRequest:
+def _build(mode: Mode, values: dict[str, Any], pixels: Pixels, resolution: int | None) -> JobRequest:
     if mode.key == "compare":
-        return _compare(values, pixels)
+        return _compare(values, pixels, resolution)
     if mode.key == "mix":
-        return _mix(mode, values, pixels)
+        return _mix(mode, values, pixels, resolution)
     params = _common(mode, values)
     region = pixels.region
     images: dict[str, dict[str, Any]] = {}
@@ -108,7 +125,7 @@ def _build(mode: Mode, values: dict[str, Any], pixels: Pixels) -> JobRequest:
         _controlnet(values, pixels, params, images)
     elif mode.op == "txt2img":
         params["width"], params["height"] = generate_size(
-            region, int(values.get("width") or 0), int(values.get("height") or 0)
+            region, int(values.get("width") or 0), int(values.get("height") or 0), resolution
         )
     elif mode.op == "upscale":
         params["factor"] = int(values.get("factor") or 4)
@@ -185,7 +202,7 @@ def parse_weights(text: str, count: int) -> list[float]:
     return weights + [1.0] * (count - len(weights))
 
 
-def _mix(mode: Mode, values: dict[str, Any], pixels: Pixels) -> JobRequest:
+def _mix(mode: Mode, values: dict[str, Any], pixels: Pixels, resolution: int | None) -> JobRequest:
     """`mix`: every selected layer is an image item, the prompt (when there is one) the last item."""
     prompt = str(values.get("prompt") or "").strip()
     count = len(pixels.layers) + (1 if prompt else 0)
@@ -208,13 +225,13 @@ def _mix(mode: Mode, values: dict[str, Any], pixels: Pixels) -> JobRequest:
     params = _common(mode, values)
     params["items"] = items
     params["width"], params["height"] = generate_size(
-        pixels.region, int(values.get("width") or 0), int(values.get("height") or 0)
+        pixels.region, int(values.get("width") or 0), int(values.get("height") or 0), resolution
     )
     model = str(values.get("model") or "").strip() or None
     return JobRequest("mix", model, params, images)
 
 
-def _compare(values: dict[str, Any], pixels: Pixels) -> JobRequest:
+def _compare(values: dict[str, Any], pixels: Pixels, resolution: int | None) -> JobRequest:
     """`compare`: the base mode's request, run on every listed preset."""
     base = effective(mode_by_key("compare"), values)
     if base.key not in COMPARED:
@@ -224,7 +241,7 @@ def _compare(values: dict[str, Any], pixels: Pixels) -> JobRequest:
         raise UserError("Compare needs the model presets to compare: tick two or more in its dialog.")
     if len(set(models)) != len(models):
         raise UserError("Compare: a model preset is listed twice.")
-    inner = build_request(base, {**values, "model": ""}, pixels)
+    inner = build_request(base, {**values, "model": ""}, pixels, resolution)
     return JobRequest("compare", None, {"op": base.op, "models": models, **inner.params}, inner.images)
 
 
