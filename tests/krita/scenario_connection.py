@@ -21,11 +21,11 @@ def start_long_job(ctx: Any, docker: Any, doc: Any):
     configure(docker, "inpaint", prompt="a long job", steps=200, resolution=512)
     yield ctx.wait(lambda: docker.generate_button.isEnabled(), 20, "Generate to be enabled")
     docker.generate_button.click()
-    assert docker.is_busy(), f"the long job did not start: {docker.message_label.text()}"
+    assert docker.is_busy(), f"the long job did not start: {docker.message_label.full_text()}"
     yield ctx.wait(
         lambda: docker.job.step >= 1 and bool(preview_layers(doc)),
         60,
-        f"the long job to run (docker: {docker.message_label.text()!r})",
+        f"the long job to run (docker: {docker.message_label.full_text()!r})",
     )
     return docker.job
 
@@ -40,6 +40,7 @@ def scenario(ctx: Any):
     yield ctx.wait(lambda: docker.connection.state.name == "DOWN", 20, "the docker to report the daemon down")
     res["down_status"] = docker.status_label.full_text()
     res["down_generate_enabled"] = docker.generate_button.isEnabled()
+    res["down_generate_tip"] = docker.generate_button.toolTip()
     docker.generate_button.click()  # disabled: nothing happens
     res["down_busy"] = docker.is_busy()
     ctx.log(f"down: {res['down_status']}")
@@ -51,15 +52,25 @@ def scenario(ctx: Any):
         120,
         f"the docker to reconnect (status {docker.status_label.full_text()!r})",
     )
-    res["up_status"] = docker.status_label.full_text()
+    yield 0.3  # the next check of what Generate needs
+    res["up_status"] = docker.status_label.toolTip()  # the line says why Generate is off; this too
+    res["up_status_line"] = docker.status_label.full_text()
     res["up_generate_enabled"] = docker.generate_button.isEnabled()
+    res["up_generate_tip"] = docker.generate_button.toolTip()  # no document yet
     ctx.log(f"up: {res['up_status']}")
 
-    # 3. Inpaint without a selection is refused with a message; closing the document mid-job cancels it.
+    # 3. Inpaint without a selection: Generate is off and says why; closing the document mid-job
+    # cancels its job.
     doc = yield from open_picture(ctx, cfg["picture"])
     set_combo(docker.form.mode_combo, "inpaint")
-    docker.generate_button.click()
-    res["no_selection_message"], res["no_selection_busy"] = docker.message_label.text(), docker.is_busy()
+    yield ctx.wait(
+        lambda: "Select a region first" in docker.status_label.full_text(),
+        5,
+        f"the docker to say why Generate is off (it says {docker.status_label.full_text()!r})",
+    )
+    docker.generate_button.click()  # off: nothing happens
+    res["no_selection_message"], res["no_selection_busy"] = docker.status_label.full_text(), docker.is_busy()
+    res["no_selection_generate"] = [docker.generate_button.isEnabled(), docker.generate_button.toolTip()]
     job = yield from start_long_job(ctx, docker, doc)
     res["close_job"] = job.job_id
     count = len(docker.history)
@@ -67,7 +78,7 @@ def scenario(ctx: Any):
     doc.close()
     yield ctx.wait(lambda: len(docker.history) > count, 30, "the job of the closed document to end")
     res["close_entry"] = docker.history[-1]
-    res["close_message"] = docker.message_label.text()
+    res["close_message"] = docker.message_label.full_text()
     yield ctx.wait(
         lambda: (
             (docker.connection.daemon_status or {}).get("running") is None

@@ -14,22 +14,14 @@ from typing import Any
 
 from krita import Krita
 from PyQt5.QtCore import QItemSelectionModel, Qt
-from PyQt5.QtWidgets import (
-    QAbstractButton,
-    QAbstractSpinBox,
-    QApplication,
-    QComboBox,
-    QLineEdit,
-    QPlainTextEdit,
-    QTreeView,
-    QWidget,
-)
+from PyQt5.QtWidgets import QApplication, QTreeView
 from scenario_lib import (
     add_paint_layer,
     configure,
     connect,
     generate,
     group_layers,
+    layout_report,
     open_picture,
     pick_model,
     select_mask,
@@ -37,45 +29,6 @@ from scenario_lib import (
     swap_red_blue,
     wait_for_docker,
 )
-
-CONTROLS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit)
-
-
-def fully_visible(widget: Any) -> bool:
-    """Shown and not clipped by a scroll area or the docker's edge (reachable without scrolling)."""
-    return widget.isVisible() and widget.visibleRegion().boundingRect().size() == widget.size()
-
-
-def untipped(docker: Any) -> list[str]:
-    """Visible controls of the docker without a tooltip (a spin box's inner line edit is its own)."""
-    out = []
-    for widget in docker.widget().findChildren(QWidget):
-        if not isinstance(widget, CONTROLS) or isinstance(widget.parent(), QAbstractSpinBox):
-            continue
-        if widget.isVisible() and not widget.toolTip():
-            out.append(f"{type(widget).__name__} {widget.objectName() or widget.property('text') or ''}")
-    return out
-
-
-def layout_report(ctx: Any, docker: Any, tag: str) -> dict[str, Any]:
-    """What the painter sees in this mode at the docker's current size; a screenshot goes to screens/."""
-    form = docker.form
-    mode = form.mode()
-    text = form.instruction_edit if mode.key == "instruct" else form.prompt_edit
-    folder = ctx.out / "screens"
-    folder.mkdir(exist_ok=True)
-    docker.grab().save(str(folder / f"{tag}.png"))
-    form.body.grab().save(str(folder / f"{tag}-all.png"))  # the whole scrolling part
-    return {
-        "hscroll": docker.scroll.horizontalScrollBar().maximum(),
-        "body_width": form.body.minimumSizeHint().width(),
-        "viewport_width": docker.scroll.viewport().width(),
-        "text_shown": fully_visible(text) if text.isVisibleTo(docker) else None,
-        "generate_shown": fully_visible(docker.generate_button),
-        "mode_shown": fully_visible(form.mode_combo) and fully_visible(form.model_combo),
-        "docker": [docker.width(), docker.height()],
-        "untipped": untipped(docker),
-    }
 
 
 def check_layout(ctx: Any, docker: Any, models: list[str]) -> Any:
@@ -170,7 +123,7 @@ def scenario(ctx: Any):
             ctx, docker, "inpaint", model="tiny-sdxl", prompt="a red fox", steps=4, seed=5, **common
         )
         pick_model(docker, "tiny")
-        res["tiny_options_shown"] = form.extras.isVisible()
+        res["tiny_options"] = sorted(form.extras.widgets) if form.extras.isVisible() else []
     if "variation" in steps:
         jobs["variation"] = yield from generate(
             ctx, docker, "variation", model="tiny-sd-variation", steps=3, seed=3, **common
@@ -208,7 +161,7 @@ def scenario(ctx: Any):
             compare_models=cfg["compare_models"],
             **common,
         )
-        res["compare_message"] = docker.message_label.text()
+        res["compare_message"] = docker.message_label.full_text()
     res["active_after_jobs"] = doc.activeNode().name()
     if "mix" in steps:  # no selection: the blend fills the canvas, from Sun and Sky and the prompt
         Krita.instance().action("deselect").trigger()

@@ -9,6 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 from krita import Krita, Selection
+from PyQt5.QtWidgets import (
+    QAbstractButton,
+    QAbstractItemView,
+    QAbstractSpinBox,
+    QComboBox,
+    QLineEdit,
+    QPlainTextEdit,
+    QWidget,
+)
 
 GROUP = "Underpaint"
 PREVIEW = "Underpaint preview"
@@ -138,19 +147,23 @@ def generate(ctx: Any, docker: Any, mode: str, timeout: float = 120.0, **fields:
     """Press Generate and wait for the job to end; returns the docker's history entry for it."""
     configure(docker, mode, **fields)
     before = len(docker.history)
-    yield ctx.wait(lambda: docker.generate_button.isEnabled(), 30, "the Generate button to be enabled")
+    yield ctx.wait(
+        lambda: docker.generate_button.isEnabled(),
+        30,
+        f"the Generate button to be enabled (it says {docker.generate_button.toolTip()!r})",
+    )
 
     docker.generate_button.click()
     if not docker.is_busy():
-        raise AssertionError(f"{mode}: Generate did not start a job: {docker.message_label.text()!r}")
-    ctx.log(f"{mode}: submitted ({docker.message_label.text()})")
+        raise AssertionError(f"{mode}: Generate did not start a job: {docker.message_label.full_text()!r}")
+    ctx.log(f"{mode}: submitted ({docker.message_label.full_text()})")
     yield ctx.wait(
         lambda: len(docker.history) > before,
         timeout,
-        f"the {mode} job to end (docker says {docker.message_label.text()!r})",
+        f"the {mode} job to end (docker says {docker.message_label.full_text()!r})",
     )
     entry = docker.history[-1]
-    ctx.log(f"{mode}: {entry['state']} in {entry['seconds']} s: {docker.message_label.text()}")
+    ctx.log(f"{mode}: {entry['state']} in {entry['seconds']} s: {docker.message_label.full_text()}")
     return entry
 
 
@@ -173,3 +186,43 @@ def all_names(doc: Any) -> list[str]:
 
 def preview_layers(doc: Any) -> list[str]:
     return [name for name in all_names(doc) if name == PREVIEW]
+
+
+CONTROLS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QPlainTextEdit, QAbstractItemView)
+
+
+def fully_visible(widget: Any) -> bool:
+    """Shown and not clipped by a scroll area or the docker's edge (reachable without scrolling)."""
+    return widget.isVisible() and widget.visibleRegion().boundingRect().size() == widget.size()
+
+
+def untipped(docker: Any) -> list[str]:
+    """Visible controls of the docker without a tooltip (a spin box's inner line edit is its own)."""
+    out = []
+    for widget in docker.widget().findChildren(QWidget):
+        if not isinstance(widget, CONTROLS) or isinstance(widget.parent(), QAbstractSpinBox):
+            continue
+        if widget.isVisible() and not widget.toolTip():
+            out.append(f"{type(widget).__name__} {widget.objectName() or widget.property('text') or ''}")
+    return out
+
+
+def layout_report(ctx: Any, docker: Any, tag: str) -> dict[str, Any]:
+    """What the painter sees in this mode at the docker's current size; a screenshot goes to screens/."""
+    form = docker.form
+    mode = form.mode()
+    text = form.instruction_edit if mode.key == "instruct" else form.prompt_edit
+    folder = ctx.out / "screens"
+    folder.mkdir(exist_ok=True)
+    docker.grab().save(str(folder / f"{tag}.png"))
+    form.body.grab().save(str(folder / f"{tag}-all.png"))  # the whole scrolling part
+    return {
+        "hscroll": docker.scroll.horizontalScrollBar().maximum(),
+        "body_width": form.body.minimumSizeHint().width(),
+        "viewport_width": docker.scroll.viewport().width(),
+        "text_shown": fully_visible(text) if text.isVisibleTo(docker) else None,
+        "generate_shown": fully_visible(docker.generate_button),
+        "mode_shown": fully_visible(form.mode_combo) and fully_visible(form.model_combo),
+        "docker": [docker.width(), docker.height()],
+        "untipped": untipped(docker),
+    }

@@ -42,7 +42,6 @@ def scenario(ctx: Any):
     res = ctx.results
     docker = yield from wait_for_docker(ctx)
     yield from connect(ctx, docker, cfg["endpoint"])
-    res["status"] = docker.status_label.full_text()
 
     doc = yield from open_picture(ctx, cfg["picture"])
     background = doc.rootNode().childNodes()[0]
@@ -58,6 +57,8 @@ def scenario(ctx: Any):
     select_mask(doc, Path(cfg["mask"]).read_bytes())
     yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
     res["originals"] = {"Background": layer_info(background), "Sketch": layer_info(sketch)}
+    yield 0.3  # ready to generate: the status line shows the daemon
+    res["status"] = docker.status_label.full_text()
 
     common = {"source": "visible", "padding": 32, "resolution": 0}
     sketch_id, photo_id = sketch.uniqueId().toString(), background.uniqueId().toString()
@@ -105,11 +106,11 @@ def scenario(ctx: Any):
     docker.form.units[0].setChecked(False)
     configure(docker, "inpaint", steps=200, resolution=512, seed=3, prompt="cancel me")
     docker.generate_button.click()
-    assert docker.is_busy(), f"the long job did not start: {docker.message_label.text()}"
+    assert docker.is_busy(), f"the long job did not start: {docker.message_label.full_text()}"
     yield ctx.wait(
         lambda: bool(preview_layers(doc)) and docker.job.step >= 2,
         60,
-        f"the long job's preview layer (docker: {docker.message_label.text()!r})",
+        f"the long job's preview layer (docker: {docker.message_label.full_text()!r})",
     )
     preview = next(n for n in group_layers(doc) if n.name() == "Underpaint preview")
     res["cancel_preview"] = {**layer_info(preview), "step": docker.job.step, "total": docker.job.total}
@@ -118,7 +119,7 @@ def scenario(ctx: Any):
     docker.cancel_button.click()
     yield ctx.wait(lambda: len(docker.history) > count, 30, "the cancelled job to end")
     jobs["cancel"] = docker.history[-1]
-    res["cancel_message"] = docker.message_label.text()
+    res["cancel_message"] = docker.message_label.full_text()
     res["after_cancel"] = {
         "group": [n.name() for n in group_layers(doc)],
         "before": before,
@@ -174,7 +175,8 @@ def scenario(ctx: Any):
     Krita.instance().activeWindow().addView(deep)
     yield ctx.wait(lambda: docker.document() == deep, 10, "the 16-bit document to become current")
     set_combo(docker.form.mode_combo, "refine")
-    docker.generate_button.click()
-    res["deep_message"] = docker.message_label.text()
+    yield ctx.wait(lambda: "RGBA 8-bit" in docker.status_label.full_text(), 5, "the refusal to show")
+    docker.generate_button.click()  # off: nothing happens
+    res["deep_message"] = docker.status_label.full_text()
     res["deep_busy"] = docker.is_busy()
     res["history"] = docker.history

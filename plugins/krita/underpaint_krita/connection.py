@@ -1,7 +1,9 @@
 """The docker's link to the daemon: handshake, heartbeat, automatic reconnect and job events.
 
 Never blocks: `tick()` is called from a Qt timer on Krita's UI thread and only uses the protocol
-client's non-blocking `send()` and `poll(0)`. Pure Python apart from the vendored protocol (pyzmq,
+client's non-blocking `send()` and `poll(0)`. A client that refuses to send while it has no link to
+the daemon (it raises a TimeoutError such as `DaemonUnavailable`) is asked not to wait for one, and
+the request is tried again on a later tick. Pure Python apart from the vendored protocol (pyzmq,
 msgpack), so it is tested outside Krita against a real daemon.
 """
 
@@ -134,7 +136,11 @@ class Connection:
         fields: dict[str, Any] = {"op": op, "params": params, "images": images, "preview": bool(preview)}
         if model:
             fields["model"] = model
-        job = Job(rid=self._client.send("submit", **fields), op=op, context=context)
+        try:
+            rid = self._client.send("submit", **fields)
+        except TimeoutError as exc:  # no link right now (the daemon went away a moment ago)
+            raise NotConnected(str(exc)) from exc
+        job = Job(rid=rid, op=op, context=context)
         self.jobs.append(job)
         return job
 
@@ -165,6 +171,8 @@ class Connection:
             self._dispatch(message, now)
             if self._client is None:
                 return
+        if self.state in (ConnState.CONNECTING, ConnState.DOWN) and self._hello_rid is None:
+            self._say_hello()  # the client had no link yet at the last try
         if self.state in (ConnState.CONNECTING, ConnState.DOWN) and now - self._hello_at > self.hello_timeout:
             self._down(
                 f"No Underpaint daemon answers at {self.endpoint}. Start it with `underpaint serve` "
@@ -176,7 +184,14 @@ class Connection:
             self._open(ConnState.INCOMPATIBLE, self.message)
         elif self.state is ConnState.CONNECTED:
             if self._status_rid is None and now - self._status_at >= self.heartbeat_interval:
-                self._status_rid, self._status_at = self._client.send("status"), now
+                try:
+                    self._status_rid, self._status_at = self._client.send("status"), now
+                except TimeoutError:  # the client says the link is gone
+                    self._abandon_jobs(
+                        f"lost the connection to the daemon at {self.endpoint}", send_cancel=False
+                    )
+                    self._down(f"Lost the Underpaint daemon at {self.endpoint}; reconnecting.")
+                    return
             elif self._status_rid is not None and now - self._status_at > self.heartbeat_timeout:
                 self._abandon_jobs(f"lost the connection to the daemon at {self.endpoint}", send_cancel=False)
                 self._down(
@@ -216,7 +231,10 @@ class Connection:
         self._hello_rid = None
         if message.get("type") == "welcome":
             self.welcome = message
-            self._status_rid, self._status_at = self._client.send("status"), now
+            try:
+                self._status_rid, self._status_at = self._client.send("status"), now
+            except TimeoutError:
+                self._status_rid, self._status_at = None, now  # asked again at the next heartbeat
             self._set(ConnState.CONNECTED, self.describe_welcome())
             return
         code = str(message.get("code", ""))
@@ -249,15 +267,28 @@ class Connection:
     def _open(self, state: ConnState, message: str) -> None:
         self._drop_client()
         try:
-            self._client = self._protocol.Client(self.endpoint, timeout=self.hello_timeout)
+            self._client = self._new_client()
         except Exception as exc:  # zmq.ZMQError: bad endpoint text
             self._set(ConnState.INVALID, f"Cannot use the endpoint {self.endpoint!r}: {exc}")
             return
-        self._hello_rid = self._client.send(
-            "hello", protocol=self._protocol.PROTOCOL_VERSION, client=self.client_name
-        )
         self._hello_at = self.clock()
+        self._say_hello()
         self._set(state, message)
+
+    def _new_client(self) -> Any:
+        """The protocol client, told never to wait for a link (if it is a client that would)."""
+        try:
+            return self._protocol.Client(self.endpoint, timeout=self.hello_timeout, connect_timeout=0.0)
+        except TypeError:  # a client without `connect_timeout` queues requests and never waits
+            return self._protocol.Client(self.endpoint, timeout=self.hello_timeout)
+
+    def _say_hello(self) -> None:
+        try:
+            self._hello_rid = self._client.send(
+                "hello", protocol=self._protocol.PROTOCOL_VERSION, client=self.client_name
+            )
+        except TimeoutError:  # no link yet: tick() tries again
+            self._hello_rid = None
 
     def _down(self, message: str) -> None:
         """No answer: show why, and keep trying with a fresh socket (no stale requests queued)."""
@@ -268,8 +299,11 @@ class Connection:
     def _send_cancel(self, job: Job) -> None:
         if self._client is None or not job.job_id:
             return
+        try:
+            self._cancel_rids.add(self._client.send("cancel", job=job.job_id))
+        except TimeoutError:  # no link at the moment: tick() sends it once there is one
+            return
         job.cancel_sent = True
-        self._cancel_rids.add(self._client.send("cancel", job=job.job_id))
 
     def _abandon_jobs(self, reason: str, *, send_cancel: bool) -> None:
         for job in list(self.jobs):

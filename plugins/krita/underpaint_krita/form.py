@@ -28,7 +28,7 @@ from PyQt5.QtWidgets import (
     QWidget,
 )
 
-from . import presets
+from . import form_state, presets
 from .modes import (
     CONTROL,
     DEPTH,
@@ -55,7 +55,8 @@ from .modes import (
     visible_fields,
 )
 from .panels import ComparePanel, ExtraParams, MixPanel
-from .widgets import LayerCombo, UnitWidget, compact, fill_combo
+from .prompt_keys import WEIGHT_HELP, TextError, WeightKeys
+from .widgets import LayerCombo, Section, UnitWidget, compact, fill_combo
 
 MAX_SEED = 2**32 - 1
 Layers = Callable[[], list[tuple[str, str]]]
@@ -115,10 +116,12 @@ class Form:
         self._saved_model, self._save_model = saved_model, save_model
         self._rows: dict[str, list[QWidget]] = {}
         self._defaults: dict[str, float] = {}  # the default each spin box was last given
+        self.pending: form_state.Pending | None = None  # saved settings waiting for the welcome
         self.top = QWidget()
         self.body = QWidget()
         self._build_top()
         self._build_body(layers)
+        self.weight_keys.watch(self.prompt_edit, self.negative_edit, self.instruction_edit)
         self.refresh()
 
     # -- building ------------------------------------------------------------------------------------
@@ -139,18 +142,25 @@ class Form:
         row.addWidget(self.mode_combo, 1)
         top.addLayout(row)
         self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setObjectName("underpaint_prompt")
         self.prompt_edit.setPlaceholderText("prompt: what to paint, e.g. a red fox in the snow")
-        self.prompt_edit.setToolTip("the prompt: what to paint (Mix: one of the blended items)")
+        self.prompt_edit.setToolTip(
+            "the prompt: what to paint (Mix: one of the blended items). " + WEIGHT_HELP
+        )
         self.prompt_edit.setFixedHeight(self.prompt_edit.fontMetrics().lineSpacing() * 2 + 14)
         self.instruction_edit = QLineEdit()
         self.instruction_edit.setPlaceholderText("instruction, e.g. make it winter")
         self.instruction_edit.setToolTip("the edit to make, said as an instruction (InstructPix2Pix)")
+        self.text_error = TextError()
         top.addWidget(self.prompt_edit)
         top.addWidget(self.instruction_edit)
+        top.addWidget(self.text_error)
         self._rows[PROMPT] = [self.prompt_edit]
         self._rows[INSTRUCTION] = [self.instruction_edit]
+        self.weight_keys = WeightKeys(self.top)
 
     def _build_body(self, layers: Layers) -> None:
+        """What most jobs need stays open; the rest is under Advanced, folded away by default."""
         layout = QVBoxLayout(self.body)
         self.compare_panel = ComparePanel()
         self.compare_panel.changed.connect(self._mode_changed)
@@ -160,14 +170,9 @@ class Form:
         layout.addWidget(self.mix_panel)
 
         form = Rows()
-        self.source_combo = compact(QComboBox())
-        self.source_combo.addItem("Visible image", "visible")
-        self.source_combo.addItem("Active layer", "layer")
-        self.source_combo.setToolTip("what is sent: the visible picture, or only the active layer")
-        self._add_row(form, SOURCE, "Source", self.source_combo)
         self.negative_edit = QLineEdit()
         self.negative_edit.setPlaceholderText("what to avoid")
-        self.negative_edit.setToolTip("negative prompt: what the picture should not have")
+        self.negative_edit.setToolTip("negative prompt: what the picture should not have. " + WEIGHT_HELP)
         self._add_row(form, NEGATIVE, "Negative", self.negative_edit)
         self.strength_spin = _double(
             0.01, 1.0, 0.05, 1.0, "how much is re-painted: low keeps the picture, 1 replaces it"
@@ -187,12 +192,6 @@ class Form:
         self.factor_combo.addItem("x2 (latent upscaler)", 2)
         self.factor_combo.setToolTip("how much larger the new document is")
         self._add_row(form, FACTOR, "Factor", self.factor_combo)
-        self.steps_spin = _int(1, 200, 30, "denoising steps: more is slower and usually finer")
-        self._add_row(form, STEPS, "Steps", self.steps_spin)
-        self.guidance_spin = _double(
-            0.0, 30.0, 0.5, 7.5, "how closely the prompt is followed (classifier-free guidance)"
-        )
-        self._add_row(form, GUIDANCE, "Guidance", self.guidance_spin)
         self._build_seed(form)
         self.variations_spin = _int(1, 8, 1, "how many pictures: one layer each (the first visible)")
         self._add_row(form, VARIATIONS, "Variations", self.variations_spin)
@@ -209,6 +208,11 @@ class Form:
             units_layout.addWidget(unit)
         self._rows[CONTROL] = [self.units_box]
         layout.addWidget(self.units_box)
+        self.history_section = Section(
+            "History", "this document's results, newest first: click one to reuse its settings", True
+        )
+        QVBoxLayout(self.history_section.content).setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.history_section)
         self._build_advanced(layout)
 
     def _build_seed(self, form: Rows) -> None:
@@ -229,9 +233,29 @@ class Form:
         self._add_row(form, SEED, "", _hbox(self.last_seed_label, self.reuse_seed_button))
 
     def _build_advanced(self, layout: QVBoxLayout) -> None:
-        advanced = QGroupBox("Advanced")
-        advanced.setToolTip("working size, context and edges of the region sent, and the sampler")
-        adv = Rows(advanced)
+        """Source, steps, guidance, sampler, the region's size, context and edges, and the daemon."""
+        self.advanced = Section(
+            "Advanced",
+            "what is sent, steps, guidance, sampler, working size, context, edges and the daemon's address",
+        )
+        adv = Rows(self.advanced.content)
+        adv.setContentsMargins(8, 2, 0, 2)
+        self.advanced_rows = adv
+        self.source_combo = compact(QComboBox())
+        self.source_combo.addItem("Visible image", "visible")
+        self.source_combo.addItem("Active layer", "layer")
+        self.source_combo.setToolTip("what is sent: the visible picture, or only the active layer")
+        self._add_row(adv, SOURCE, "Source", self.source_combo)
+        self.steps_spin = _int(1, 200, 30, "denoising steps: more is slower and usually finer")
+        self._add_row(adv, STEPS, "Steps", self.steps_spin)
+        self.guidance_spin = _double(
+            0.0, 30.0, 0.5, 7.5, "how closely the prompt is followed (classifier-free guidance)"
+        )
+        self._add_row(adv, GUIDANCE, "Guidance", self.guidance_spin)
+        self.scheduler_combo = compact(QComboBox())
+        self.scheduler_combo.addItem("model's own", "")
+        self.scheduler_combo.setToolTip("the sampler (scheduler) that runs the denoising steps")
+        self._add_row(adv, SCHEDULER, "Sampler", self.scheduler_combo)
         self.resolution_spin = _int(0, 2048, 0, "size the model works at (longer side)", step=64)
         self.resolution_spin.setSpecialValueText("model's own")
         self._add_row(adv, RESOLUTION, "Working size", self.resolution_spin)
@@ -239,12 +263,7 @@ class Form:
         self._add_row(adv, PADDING, "Padding", self.padding_spin)
         self.feather_spin = _int(0, 256, 8, "soft edge of the result inside the selection (px)")
         self._add_row(adv, FEATHER, "Feather", self.feather_spin)
-        self.scheduler_combo = compact(QComboBox())
-        self.scheduler_combo.addItem("model's own", "")
-        self.scheduler_combo.setToolTip("the sampler (scheduler) that runs the denoising steps")
-        self._add_row(adv, SCHEDULER, "Sampler", self.scheduler_combo)
-        self.advanced_box = advanced
-        layout.addWidget(advanced)
+        layout.addWidget(self.advanced)
 
     def _add_row(self, form: Rows, key: str, label: str, widget: QWidget) -> None:
         label_widget = QLabel(label)
@@ -267,6 +286,8 @@ class Form:
             tips=[presets.help_text(p) for p in items] or [presets.help_text({})],
         )
         self.refresh()
+        if welcome is not None:
+            form_state.apply_pending(self)
 
     def _model_picked(self, *_: Any) -> None:
         """The painter picked a model: remember it (Krita's settings) and offer its modes."""
@@ -340,7 +361,6 @@ class Form:
         for key, widgets in self._rows.items():
             for widget in widgets:
                 widget.setVisible(key in shown)
-        self.advanced_box.setVisible(bool(shown & {RESOLUTION, PADDING, FEATHER, SCHEDULER}))
         params = (spec or {}).get("params") or {}
         self._follow_spec(params, run)
         self.extras.set_spec(params)

@@ -40,6 +40,8 @@ class Job:
     total: int = 0
     message: str = ""
     error_code: str = ""
+    error_field: str = ""  # the refused field, e.g. "params.prompt" (PROTOCOL.md 6.9)
+    error_position: int | None = None  # prompt syntax errors: 0-based character index in that text
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
     cancel_sent: bool = False
@@ -93,6 +95,9 @@ class Job:
             self.fail(
                 str(message.get("message") or message.get("code")), str(message.get("code") or "job_failed")
             )
+            self.error_field = str(message.get("field") or "")
+            position = message.get("position")
+            self.error_position = position if isinstance(position, int) else None
         else:
             return None  # unknown event types are ignored (PROTOCOL.md section 2)
         self.events.append(str(kind))

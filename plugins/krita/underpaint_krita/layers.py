@@ -1,13 +1,20 @@
 """Writing results into Krita: the "Underpaint" group, the live preview layer and the result layers.
 
 Only ever adds nodes (and removes the ones it added itself): existing layers are never touched.
-Node.addChildNode goes through Krita's undo stack, so every inserted layer is one undo step.
+
+Undo: every Node.addChildNode into the image is one "Add Layer" step of Krita's undo history, and
+Krita's Python API cannot bundle several into one (no undo macro). What it can do: a node that is not
+in the image yet takes children (Node.setChildNodes) and pixels (setPixelData) without any undo step,
+so a new "Underpaint" group is built with its first layers and then inserted as one step. Names,
+pixels, visibility and locks of our own new layers are never undo steps.
+
 Krita makes a newly added node the active one; the painter's active layer is restored after each
 insertion so their next brush stroke lands where they expect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,26 +48,43 @@ def is_group(node: Any) -> bool:
 
 @dataclass
 class Target:
-    """Where results of one job go: the group, and the layer they are stacked above."""
+    """Where results of one job go: the group, and the layer they are stacked above.
+
+    A group this job creates stays out of the image (`parent` set) until its first layer is ready,
+    then goes in with that layer as one undo step."""
 
     doc: Any
     group: Any
     created_group: bool
     restore_active: Any = None
     added: list[Any] = field(default_factory=list)
+    parent: Any = None  # where the new group goes; None once the group is in the image
+    above: Any = None
 
     def top(self) -> Any | None:
         children = layers_of(self.group)
         return children[-1] if children else None
 
-    def add_layer(self, name: str) -> Any:
-        node = self.doc.createNode(name, "paintlayer")
-        self.group.addChildNode(node, self.top())
-        self.added.append(node)
-        self._restore()
-        return node
+    def add_layers(self, names: list[str], fill: Callable[[Any, int], None]) -> list[Any]:
+        """New paint layers on top of the group, bottom to top; `fill(node, i)` gives each its pixels
+        before it enters the image (no undo step for them)."""
+        nodes = []
+        for i, name in enumerate(names):
+            node = self.doc.createNode(name, "paintlayer")
+            fill(node, i)
+            nodes.append(node)
+        if self.parent is not None:  # a new group: built with its layers, inserted as one step
+            self.group.setChildNodes(nodes)
+            self.parent.addChildNode(self.group, self.above)
+            self.parent = self.above = None
+        else:  # an existing group: one "Add Layer" step per layer (Krita's API has no undo macro)
+            for node in nodes:
+                self.group.addChildNode(node, self.top())
+        self.added.extend(nodes)
+        self.restore()
+        return nodes
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
         """Give the painter their active layer back, now and after Krita's own (queued) activation."""
         self._restore_if_ours()
         QTimer.singleShot(0, self._restore_if_ours)
@@ -71,20 +95,32 @@ class Target:
             if not alive(self.restore_active):
                 return
             active = self.doc.activeNode()
-            ours = [self.group, *self.added]
+            # Krita activates a neighbour when it removes a layer: any result in the group counts.
+            ours = [self.group, *self.added, *(layers_of(self.group) if alive(self.group) else [])]
             if active is None or any(active == node for node in ours if node is not None):
                 self.doc.setActiveNode(self.restore_active)
         except RuntimeError:  # the document was closed meanwhile
             pass
 
-    def remove_group_if_unused(self) -> None:
-        if self.created_group and alive(self.group) and not layers_of(self.group):
+    def discard(self, node: Any | None) -> None:
+        """Take our layer `node` out again, and the group if this job made it and nothing else is in
+        it: one "Remove Layer" step (the group goes with the layer)."""
+        if self.parent is not None:  # the group never entered the image
+            return
+        if node is not None and alive(node):
+            others = [n for n in layers_of(self.group) if n != node]
+            if self.created_group and not others and alive(self.group):
+                self.group.remove()
+            else:
+                node.remove()
+        elif self.created_group and alive(self.group) and not layers_of(self.group):
             self.group.remove()
-            self._restore()
+        self.restore()
 
 
 def target_for(doc: Any, anchor: Any | None) -> Target:
-    """The "Underpaint" group above the active layer (reused when it is there), created on demand."""
+    """The "Underpaint" group above the active layer (reused when it is there), or a new one that
+    enters the image with the job's first layer."""
     root = doc.rootNode()
     if anchor is None or not alive(anchor):
         anchor = None
@@ -98,10 +134,8 @@ def target_for(doc: Any, anchor: Any | None) -> Target:
     if index + 1 < len(siblings) and is_group(siblings[index + 1]):
         return Target(doc, siblings[index + 1], False, anchor)
     group = doc.createGroupLayer(GROUP_NAME)
-    parent.addChildNode(group, anchor if anchor is not None else (siblings[-1] if siblings else None))
-    target = Target(doc, group, True, anchor)
-    target._restore()
-    return target
+    above = anchor if anchor is not None else (siblings[-1] if siblings else None)
+    return Target(doc, group, True, anchor, parent=parent, above=above)
 
 
 class Preview:
@@ -122,10 +156,16 @@ class Preview:
         pixels = qimages.to_bgra(image)
         if self.mask is not None:
             pixels = set_alpha(pixels, self.mask)
+        r = self.region
+
+        def fill(node: Any, _: int) -> None:
+            node.setPixelData(pixels, r.x, r.y, r.width, r.height)
+            node.setLocked(True)
+
         if self.node is None or not alive(self.node):
-            self.node = self.target.add_layer(PREVIEW_NAME)
-            self.node.setLocked(True)
-        self.node.setPixelData(pixels, self.region.x, self.region.y, self.region.width, self.region.height)
+            self.node = self.target.add_layers([PREVIEW_NAME], fill)[0]
+        else:
+            self.node.setPixelData(pixels, r.x, r.y, r.width, r.height)
         self.target.doc.refreshProjection()
 
     def take(self) -> Any | None:
@@ -140,10 +180,8 @@ class Preview:
 
     def remove(self) -> None:
         node, self.node = self.node, None
-        if node is not None and alive(node):
-            node.remove()
-            self.target._restore()
-            self.target.doc.refreshProjection()
+        self.target.discard(node)
+        self.target.doc.refreshProjection()
 
 
 def patch_pixels(
@@ -170,26 +208,37 @@ def insert_results(
     size: tuple[int, int] | None,
     names: list[str],
 ) -> list[tuple[Any, Rect]]:
-    """One paint layer per variation at region origin + the image's (x, y); first visible, others hidden."""
-    placed: list[tuple[Any, Rect]] = []
-    for i, image in enumerate(result.get("images") or []):
+    """One paint layer per variation at region origin + the image's (x, y); first visible, others
+    hidden. The first takes over the preview layer when there is one; the rest go in together."""
+    images = result.get("images") or []
+    rects: list[Rect] = []
+    pixels: list[bytes] = []
+    for i, image in enumerate(images):
         if int(image.get("channels", 4)) != 4:
             raise ValueError(f"result image {i} has {image.get('channels')} channels, RGBA expected")
-        pixels = patch_pixels(image, size, region, mask)
+        pixels.append(patch_pixels(image, size, region, mask))
         if size is not None:
-            rect = region
+            rects.append(region)
         else:
             x, y = placement(region, image.get("x", 0), image.get("y", 0))
-            rect = Rect(x, y, int(image["width"]), int(image["height"]))
-        node = preview.take() if (preview is not None and i == 0) else None
-        if node is None:
-            node = target.add_layer(names[i])
+            rects.append(Rect(x, y, int(image["width"]), int(image["height"])))
+
+    def fill(node: Any, i: int) -> None:
+        rect = rects[i]
         node.setName(names[i])
-        node.setPixelData(pixels, rect.x, rect.y, rect.width, rect.height)
+        node.setPixelData(pixels[i], rect.x, rect.y, rect.width, rect.height)
         node.setVisible(i == 0)
-        placed.append((node, rect))
+
+    nodes: list[Any] = []
+    first = preview.take() if (preview is not None and images) else None
+    if first is not None:
+        fill(first, 0)
+        nodes.append(first)
+    rest = list(range(len(nodes), len(images)))
+    if rest:
+        nodes += target.add_layers([names[i] for i in rest], lambda node, k: fill(node, rest[k]))
     target.doc.refreshProjection()
-    return placed
+    return list(zip(nodes, rects, strict=True))
 
 
 def save_records(doc: Any, records: dict[str, dict[str, Any]]) -> None:

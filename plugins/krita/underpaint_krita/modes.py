@@ -231,6 +231,30 @@ class FormValues:
         return len(self.mix_layers) + (1 if self.prompt.strip() else 0)
 
 
+def form_values(data: dict[str, Any]) -> FormValues:
+    """FormValues from their dict form (a stored record's `form`, the saved settings); unknown keys
+    are ignored and missing ones take the defaults, so older and newer plugins read each other."""
+    known = set(FormValues.__dataclass_fields__)
+    values = {k: v for k, v in data.items() if k in known and k not in ("units", "mix_layers")}
+    form = FormValues(**values)
+    unit_keys, mix_keys = set(UnitForm.__dataclass_fields__), set(MixLayer.__dataclass_fields__)
+    form.units = [
+        UnitForm(**{k: v for k, v in u.items() if k in unit_keys})
+        for u in data.get("units") or []
+        if isinstance(u, dict)
+    ]
+    form.mix_layers = [
+        MixLayer(**{k: v for k, v in m.items() if k in mix_keys})
+        for m in data.get("mix_layers") or []
+        if isinstance(m, dict) and "layer_id" in m and "name" in m
+    ]
+    if form.mode not in MODES_BY_KEY:
+        form.mode = "inpaint"
+    if not isinstance(form.extras, dict):
+        form.extras = {}
+    return form
+
+
 def field_param(mode: Mode, name: str) -> str:
     """The parameter behind a field in this mode (Mix sends its prompt as one of its `items`)."""
     if mode.key == "mix" and name == PROMPT:

@@ -227,6 +227,12 @@ class ExtraParams(QGroupBox):
                 _set_value(widget, spec, old[name])
         self.setVisible(bool(extra))
 
+    def apply(self, values: dict[str, Any]) -> None:
+        """Set the options shown now from `values` (options of other models are left alone)."""
+        for name, value in values.items():
+            if name in self.widgets:
+                _set_value(self.widgets[name], self.specs[name], value)
+
     def values(self) -> dict[str, Any]:
         """Parameters set away from their default."""
         out = {}

@@ -53,6 +53,7 @@ def generation_record(
         "height": image.get("height"),
         "form": asdict(form),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "stamp": round(time.time(), 3),  # orders the history strip (newest job first)
         **extra,
     }
     entry = compare_entry(result, preset)

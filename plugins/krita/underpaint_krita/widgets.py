@@ -1,12 +1,13 @@
-"""Small Qt widgets of the docker: a layer picker that refreshes itself, a ControlNet unit editor, and
-helpers that keep combo boxes narrow enough for a docker at Krita's default width."""
+"""Small Qt widgets of the docker: a layer picker that refreshes itself, a ControlNet unit editor, a
+section that folds away, and helpers that keep combo boxes narrow enough for a docker at Krita's
+default width."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from PyQt5.QtCore import Qt
+from PyQt5.QtCore import Qt, pyqtSignal
 from PyQt5.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -15,6 +16,8 @@ from PyQt5.QtWidgets import (
     QGroupBox,
     QLabel,
     QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -178,3 +181,44 @@ class ElidedLabel(QLabel):
 
     def _elide(self) -> None:
         self.setText(self.fontMetrics().elidedText(self._full, Qt.ElideRight, max(10, self.width())))
+
+
+class Section(QWidget):
+    """A titled part of the form that folds away behind its title button (closed: one line high)."""
+
+    toggled = pyqtSignal(bool)
+
+    def __init__(self, title: str, tip: str, opened: bool = False, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.title = title
+        self.button = QToolButton()
+        self.button.setCheckable(True)
+        self.button.setAutoRaise(True)
+        self.button.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
+        self.button.setToolTip(tip)
+        self.button.setObjectName(f"underpaint_section_{title.lower()}")
+        self.button.toggled.connect(self._toggled)
+        self.content = QWidget()
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.button)
+        layout.addWidget(self.content)
+        self.button.setChecked(opened)
+        self._toggled(opened)
+
+    def is_open(self) -> bool:
+        return self.button.isChecked()
+
+    def set_open(self, opened: bool) -> None:
+        self.button.setChecked(opened)
+
+    def set_title(self, title: str) -> None:
+        self.title = title
+        self.button.setText(title)
+
+    def _toggled(self, opened: bool) -> None:
+        self.button.setArrowType(Qt.DownArrow if opened else Qt.RightArrow)
+        self.button.setText(self.title)
+        self.content.setVisible(opened)
+        self.toggled.emit(opened)
