@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -234,12 +235,13 @@ def texts(params: dict[str, Any]) -> list[tuple[str, str]]:
 #: Resolves a preset role's source to what from_pretrained reads (the model manager's own resolver when
 #: the daemon has one; see use_models).
 _resolve: Callable[[Preset, str], str] | None = None
+_models_root: Path | None = None  # where that manager builds the tiny and full-size models
 
 
 def use_models(models: Any) -> None:
-    """Resolve tiny and full-size sources the way this daemon's model manager does (its folder)."""
-    global _resolve
-    _resolve = models._source
+    """Resolve tiny sources the way this daemon's model manager does (its folder)."""
+    global _resolve, _models_root
+    _resolve, _models_root = models._source, Path(models.tiny_root)
 
 
 @dataclass(frozen=True)
@@ -262,19 +264,19 @@ def _source(preset: Preset, role: str) -> str | None:
     source = preset.sources[role]
     if is_single_file(source):
         return preset.single_file_config
-    if _resolve is not None:
-        return _resolve(preset, role)
-    root = data_home() / "models"
-    if source.startswith(TINY_PREFIX):  # built in seconds, as its first load would
-        from .builders.tiny import ensure_tiny
-
-        family, _, folder = source[len(TINY_PREFIX) :].partition("/")
-        return str(ensure_tiny(root, family) / folder)
+    root = _models_root or data_home() / "models"
     if source.startswith(FULLSIZE_PREFIX):  # gigabytes: never built just to count tokens
         from .builders.fullsize import FULLSIZE_VERSION
 
         folder = root / f"fullsize-v{FULLSIZE_VERSION}" / source[len(FULLSIZE_PREFIX) :]
         return str(folder) if folder.is_dir() else None
+    if _resolve is not None:
+        return _resolve(preset, role)
+    if source.startswith(TINY_PREFIX):  # built in seconds, as its first load would
+        from .builders.tiny import ensure_tiny
+
+        family, _, folder = source[len(TINY_PREFIX) :].partition("/")
+        return str(ensure_tiny(root, family) / folder)
     return source
 
 

@@ -322,3 +322,10 @@ def test_a_window_count_the_check_missed_fails_the_job_naming_the_field(sd15_pip
     with pytest.raises(RequestError) as caught:
         encode(sd15_pipe, "a fox", too_long)
     assert caught.value.code == "out_of_range" and caught.value.field == "params.negative_prompt"
+
+
+def test_counting_never_builds_the_full_size_models(client: Any) -> None:
+    """Counting tokens before `accepted` reads tokenizer files only: for the full-size random models
+    (gigabytes, built on first use) that are not built yet, the job counts when it runs instead."""
+    job = client.submit("txt2img", {"prompt": "a (red:1.2) fox", "steps": 1}, model="fullsize")
+    client.cancel(job)
