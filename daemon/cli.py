@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -55,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the PNGs (default: ./underpaint-demo)",
     )
     demo.set_defaults(func=cmd_demo)
+    keygen = sub.add_parser(
+        "keygen",
+        help="make CurveZMQ keys: the daemon's pair and one client's pair (allowed at once)",
+        description="Make the keys a daemon needs to serve a network safely: DIR/server.key (public: "
+        "give it to every client), DIR/server.key_secret (stays with the daemon), and a key pair for "
+        "one client, DIR/NAME.key and DIR/NAME.key_secret (move both to that client), whose public key "
+        "is copied to DIR/authorized/ (the keys `serve --keys DIR` accepts). Run it again with another "
+        "--client for each further client; delete a file in DIR/authorized/ to lock a client out.",
+    )
+    keygen.add_argument("dir", type=Path, metavar="DIR", help="folder for the keys (made if missing)")
+    keygen.add_argument("--client", default="client", help="name of the client's key pair (default: client)")
+    keygen.set_defaults(func=cmd_keygen)
     from .commands.compare import add_parser as add_compare_parser
     from .commands.install_plugin import add_parser as add_install_parser
 
@@ -69,6 +82,18 @@ def _endpoint_arg(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--timeout", type=float, default=10.0, help="seconds to wait for the daemon to answer (default 10)"
+    )
+    p.add_argument(
+        "--server-key",
+        metavar="FILE",
+        help="the daemon's public key (its server.key) when it uses CurveZMQ keys "
+        "(default: $UNDERPAINT_SERVER_KEY)",
+    )
+    p.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="this client's key pair (NAME.key_secret from `underpaint keygen`) "
+        "(default: $UNDERPAINT_CLIENT_KEY)",
     )
 
 
@@ -135,14 +160,160 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--ready-file", type=Path, help="write the bound endpoint to this file once listening (for scripts)"
     )
+    _security_args(p)
+    _limit_args(p)
     p.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity"
     )
     p.set_defaults(func=cmd_serve)
 
 
+def _security_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keys",
+        type=Path,
+        metavar="DIR",
+        help="serve with CurveZMQ encryption and authentication: DIR from `underpaint keygen` "
+        "(DIR/server.key_secret, and the allowed clients' public keys in DIR/authorized/; SIGHUP "
+        "re-reads them). Required for an endpoint other machines can reach, unless --insecure",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback endpoint without keys: anyone who reaches the port can run jobs, "
+        "read the queue and unload models, and prompts and pictures cross the network unencrypted",
+    )
+
+
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    """Limits a shared box needs (PROTOCOL.md 9.3); defaults from serving.admission.Policy."""
+    from .serving.policy import Policy
+
+    d = Policy()
+    mib = 1024 * 1024
+    for flag, kind, default, help_ in (
+        ("--max-queued-per-client", int, 64, "jobs (and loads) one client may have waiting"),
+        ("--max-queued", int, d.max_queued, "jobs waiting, all clients together"),
+        (
+            "--max-queued-mb-per-client",
+            float,
+            d.max_queued_bytes_per_client / mib,
+            "MiB of images one client's waiting jobs may hold",
+        ),
+        ("--max-queued-mb", float, d.max_queued_bytes / mib, "MiB of images all waiting jobs may hold"),
+        ("--max-connections", int, d.max_connections, "connections served at once"),
+        (
+            "--max-connections-per-client",
+            int,
+            d.max_connections_per_client,
+            "connections served at once per client key (with --keys)",
+        ),
+        (
+            "--max-job-cost",
+            float,
+            d.max_job_cost,
+            "largest job in megapixel-steps: pixels x steps x variations / 2^20",
+        ),
+        (
+            "--max-job-memory-mb",
+            float,
+            d.max_job_memory_bytes / mib,
+            "largest estimated memory of one job, MiB",
+        ),
+        ("--results-ttl", float, d.results_ttl_s, "seconds finished jobs' results are kept for fetch/resume"),
+        ("--results-mb", float, d.results_bytes / mib, "MiB of kept results (oldest evicted first)"),
+        (
+            "--session-grace",
+            float,
+            d.session_grace_s,
+            "seconds a client may be away before its queued and running jobs are cancelled",
+        ),
+        (
+            "--shutdown-grace",
+            float,
+            d.shutdown_grace_s,
+            "seconds shutdown waits for the running job to stop at its next step before exiting anyway",
+        ),
+        ("--decode-threads", int, d.decode_threads, "threads that validate submits and decode their images"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=f"{help_} (default {default:g})")
+    p.add_argument(
+        "--test-step-delay",
+        type=float,
+        default=0.0,
+        help="TESTING ONLY: sleep this many seconds inside every denoising step (simulates a very slow "
+        "device, to test shutdown and timeouts); never use it to serve",
+    )
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from .serving.policy import Policy
+
+    mib = 1024 * 1024
+    return Policy(
+        max_queued=args.max_queued,
+        max_queued_bytes_per_client=int(args.max_queued_mb_per_client * mib),
+        max_queued_bytes=int(args.max_queued_mb * mib),
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        max_job_cost=args.max_job_cost,
+        max_job_memory_bytes=int(args.max_job_memory_mb * mib),
+        results_ttl_s=args.results_ttl,
+        results_bytes=int(args.results_mb * mib),
+        session_grace_s=args.session_grace,
+        shutdown_grace_s=args.shutdown_grace,
+        decode_threads=args.decode_threads,
+    )
+
+
+def _serve_keys(args: argparse.Namespace) -> Any:
+    """The keys to serve with, or None; SystemExit(2) for a non-loopback endpoint without them."""
+    from .serving.security import is_loopback, load_keys
+
+    if args.keys is not None:
+        try:
+            return load_keys(args.keys)
+        except ValueError as exc:
+            print(f"underpaint serve: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    if is_loopback(args.endpoint):
+        return None
+    if not args.insecure:
+        print(
+            f"underpaint serve: {args.endpoint} can be reached from other machines; serve it with "
+            "CurveZMQ keys (`underpaint keygen DIR`, then `--keys DIR`), or pass --insecure to let "
+            "anyone who reaches the port use the daemon unencrypted",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    logging.getLogger("underpaint.security").warning(
+        "INSECURE: serving %s without keys: anyone who reaches this port can run jobs, read the queue "
+        "and unload models, and prompts and pictures cross the network unencrypted",
+        args.endpoint,
+    )
+    return None
+
+
+def _on_signals(stop: threading.Event, on_hup: Any) -> None:
+    """First SIGINT/SIGTERM: shut down gracefully; a second one: exit at once. SIGHUP: re-read keys."""
+    count = [0]
+
+    def stop_handler(*_: Any) -> None:
+        count[0] += 1
+        if count[0] > 1:
+            os.write(2, b"underpaint serve: second signal, exiting now\n")
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_handler)
+    if on_hup is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: on_hup())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keys = _serve_keys(args)  # before the heavy imports: a refused endpoint says so at once
     from dataclasses import replace
 
     from .config import load_config
@@ -168,14 +339,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     models = ModelManager(
         config, device, pick_dtype(device, args.dtype), int(args.memory_budget_gb * 1024**3), args.models_dir
     )
-    limits = Limits(max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_pixels=args.max_pixels)
-    server = Server(args.endpoint, models, limits)
+    limits = Limits(
+        max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        max_queued_per_client=args.max_queued_per_client,
+    )
+    server = Server(args.endpoint, models, limits, _policy(args), keys, step_delay=args.test_step_delay)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    _on_signals(stop, server.reload_keys if keys is not None else None)
     if args.ready_file:
         args.ready_file.write_text(server.bound_endpoint)
     server.serve(stop)
+    if server.worker.is_alive():
+        # The worker is inside a step that ignores cancellation; the clients have their events and
+        # the sockets are closed: exit without waiting for the device.
+        logging.getLogger("underpaint.server").warning("exiting while the device is still busy")
+        logging.shutdown()
+        os._exit(0)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from .serving.security import keygen
+
+    try:
+        made = keygen(args.dir, args.client)
+    except (ValueError, OSError) as exc:
+        print(f"underpaint keygen: {exc}", file=sys.stderr)
+        return 2
+    if "server" in made:
+        print(f"daemon keys: {args.dir / 'server.key'} (public: give to clients), server.key_secret (keep)")
+    print(f"client {args.client!r}: {made['client_secret']} (and .key): move both to that client")
+    print(f"allowed: {made['authorized']}")
+    print(f"serve:   underpaint serve --keys {args.dir} --endpoint tcp://0.0.0.0:57321")
+    print(
+        f"client:  underpaint status --endpoint tcp://HOST:57321 --server-key server.key "
+        f"--client-key {args.client}.key_secret"
+    )
     return 0
 
 
@@ -285,9 +485,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from ..protocol import Client
+    from .commands.connect import open_client
 
-    with Client(args.endpoint, timeout=args.timeout) as client:
+    with open_client(args) as client:
         try:
             reply = client.models()
         except TimeoutError as exc:
@@ -315,9 +515,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..protocol import Client
+    from .commands.connect import open_client
 
-    with Client(args.endpoint, timeout=args.timeout) as client:
+    with open_client(args) as client:
         try:
             welcome = client.hello("underpaint-cli")
             status = client.status()

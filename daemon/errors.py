@@ -15,11 +15,13 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.field = field
+        self.extra: dict[str, Any] = {}  # further documented fields of the error (e.g. `limit`)
 
     def to_message(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
         if self.field:
             out["field"] = self.field
+        out.update(self.extra)
         return out
 
 

@@ -55,17 +55,34 @@ def decode_image(obj: Any, path: str, max_pixels: int) -> Image.Image:
 
 
 def _decode_png(data: bytes | bytearray | memoryview, path: str, max_pixels: int) -> Image.Image:
+    """PNG only (Pillow would otherwise open any format it knows, EPS through Ghostscript included),
+    with the declared size checked before anything is decompressed."""
+    size = png_size(data)
+    if size is None:
+        raise RequestError(ErrorCode.INVALID_IMAGE, f"{path}: not a PNG file", path)
+    _check_pixels(size[0], size[1], path, max_pixels)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=["PNG"])
         _check_pixels(img.width, img.height, path, max_pixels)
         img.load()
     except RequestError:
         raise
     except Exception as exc:  # Pillow raises many types for broken files
-        raise RequestError(ErrorCode.INVALID_IMAGE, f"{path}: undecodable PNG ({exc})", path) from exc
+        raise RequestError(ErrorCode.INVALID_IMAGE, f"{path}: undecodable PNG ({exc})", path) from None
     if img.mode not in ("L", "RGB", "RGBA"):
         img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
     return img
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """Width and height a PNG declares in its header (IHDR), without decompressing anything."""
+    head = bytes(data[:24])
+    if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def _check_pixels(w: int, h: int, path: str, max_pixels: int) -> None:

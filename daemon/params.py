@@ -3,6 +3,7 @@ them in the handshake (PROTOCOL.md section 8), so the spec a client sees is the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -101,7 +102,12 @@ def _check_type(kind: str, value: Any, path: str) -> Any:
     ok = isinstance(value, _PY_TYPES[kind]) and not (kind in ("int", "float") and isinstance(value, bool))
     if not ok:
         raise RequestError(ErrorCode.INVALID_TYPE, f"{path} must be {kind}, got {type(value).__name__}", path)
-    return float(value) if kind == "float" else value
+    if kind != "float":
+        return value
+    value = float(value)
+    if not math.isfinite(value):  # NaN and infinities are outside every range
+        raise RequestError(ErrorCode.OUT_OF_RANGE, f"{path} is {value}: not a finite number", path)
+    return value
 
 
 @dataclass(frozen=True)
@@ -199,10 +205,10 @@ def check_units(value: Any, path: str) -> list[dict[str, Any]]:
     for i, unit in enumerate(_check_list(value, path, "units", 1, MAX_UNITS, "units")):
         upath = f"{path}.{i}"
         checked = _check_map(unit, upath, UNIT_FIELDS)
-        if checked["end"] < checked["start"]:
+        if checked["end"] <= checked["start"]:  # diffusers refuses an empty span (start == end)
             raise RequestError(
                 ErrorCode.OUT_OF_RANGE,
-                f"{upath}.end ({checked['end']:g}) is before start ({checked['start']:g})",
+                f"{upath}.end ({checked['end']:g}) must be after start ({checked['start']:g})",
                 f"{upath}.end",
             )
         units.append(checked)

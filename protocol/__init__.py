@@ -14,12 +14,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .client import Client, DaemonError, JobCancelled, ProtocolMismatch
+    from .client import Client, DaemonError, DaemonRefused, DaemonUnavailable, JobCancelled, ProtocolMismatch
     from .messages import DEFAULT_ENDPOINT, PROTOCOL_VERSION, ErrorCode, raw_image
 
 _HOMES = {
     "Client": "client",
     "DaemonError": "client",
+    "DaemonRefused": "client",
+    "DaemonUnavailable": "client",
     "JobCancelled": "client",
     "ProtocolMismatch": "client",
     "DEFAULT_ENDPOINT": "messages",
@@ -31,6 +33,8 @@ _HOMES = {
 __all__ = [
     "Client",
     "DaemonError",
+    "DaemonRefused",
+    "DaemonUnavailable",
     "JobCancelled",
     "ProtocolMismatch",
     "DEFAULT_ENDPOINT",

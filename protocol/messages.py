@@ -11,6 +11,11 @@ SUPPORTED_VERSIONS = (1,)
 DEFAULT_PORT = 57321
 DEFAULT_ENDPOINT = f"tcp://127.0.0.1:{DEFAULT_PORT}"
 
+# ZMTP heartbeats both sides set (PROTOCOL.md 1.1): a peer silent for HEARTBEAT_TIMEOUT_MS is dropped.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
+HEARTBEAT_TTL_MS = 6000
+
 # Event types that end a job: a client waiting on a job stops at the first of these.
 TERMINAL_EVENTS = frozenset({"result", "cancelled", "error"})
 
@@ -41,6 +46,14 @@ class ErrorCode:
     MODEL_UNAVAILABLE = "model_unavailable"
     OUT_OF_MEMORY = "out_of_memory"
     JOB_FAILED = "job_failed"
+    SHUTTING_DOWN = "shutting_down"
+    RESULT_EXPIRED = "result_expired"
+    JOB_TOO_LARGE = "job_too_large"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    REQUEST_CANCELLED = "request_cancelled"
+    # Made by the Python client itself, never sent by a daemon: the daemon restarted (or forgot the
+    # session) while a job was queued or running, so no final event will ever come for it.
+    JOB_LOST = "job_lost"
 
 
 def pack(message: dict[str, Any]) -> bytes:

@@ -23,7 +23,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "edit", "compare", "models", "status", "demo", "install-plugin"]
+    "command", ["serve", "edit", "compare", "models", "status", "demo", "install-plugin", "keygen"]
 )
 def test_every_subcommand_explains_itself(command: str) -> None:
     top = run_cli("--help")
@@ -35,8 +35,24 @@ def test_every_subcommand_explains_itself(command: str) -> None:
 
 def test_serve_help_names_every_option() -> None:
     text = run_cli("serve", "--help").stdout
-    for option in ("--endpoint", "--config", "--preset", "--device", "--dtype", "--memory-budget-gb"):
+    for option in (
+        "--endpoint",
+        "--config",
+        "--preset",
+        "--device",
+        "--dtype",
+        "--memory-budget-gb",
+        "--keys",
+        "--insecure",
+        "--results-ttl",
+        "--results-mb",
+        "--session-grace",
+        "--shutdown-grace",
+        "--max-job-cost",
+        "--max-queued-per-client",
+    ):
         assert option in text
+    assert "TESTING ONLY" in text, "the test-only step delay says what it is"
 
 
 def test_edit_inpaint_writes_the_finished_picture(daemon, tmp_path: Path) -> None:

@@ -56,3 +56,18 @@ def test_a_missing_frame_is_a_clear_error(daemon) -> None:
         assert reply["code"] == "malformed_message" and "frame 2" in reply["message"]
     finally:
         sock.close(0)
+
+
+def test_fetch_sends_frames_only_when_asked(daemon) -> None:
+    image = obj(picture((256, 256)))
+    params = {"strength": 0.5, "steps": 2, "seed": 12}
+    with Client(daemon.endpoint, timeout=120, frames=True) as fast:
+        token = fast.hello()["session"]
+        job = fast.run("sdedit", params, {"image": image})["job"]
+        framed = fast.fetch(job)["event"]
+    with Client(daemon.endpoint, timeout=120, session=token) as plain:
+        plain.hello()
+        inline = plain.fetch(job)["event"]
+    assert isinstance(framed["images"][0]["data"], memoryview), "the kept result came back as a frame"
+    assert isinstance(inline["images"][0]["data"], bytes), "a client that did not ask gets it inline"
+    assert np.array_equal(pixels(framed["images"][0]), pixels(inline["images"][0]))

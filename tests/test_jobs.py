@@ -48,8 +48,9 @@ def test_cancel_running_job_within_one_step(client) -> None:
     first = _first_progress(client, job)
     client.cancel(job)
     steps_after = []
-    with pytest.raises(JobCancelled):
+    with pytest.raises(JobCancelled) as cancelled:
         client.wait(job, on_progress=steps_after.append, timeout=120)
+    assert cancelled.value.reason == "client"
     assert len(steps_after) <= 1, f"cancel took effect within one step, not {len(steps_after)}"
     assert first["total"] >= 200
     with pytest.raises(DaemonError) as err:

@@ -11,7 +11,8 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from ...protocol import Client, DaemonError, JobCancelled, ProtocolMismatch
+from ...protocol import DaemonError, JobCancelled, ProtocolMismatch
+from .connect import open_client
 from .edit import build_request
 from .pictures import paste_results, result_images
 
@@ -53,7 +54,7 @@ def run_compare(args: argparse.Namespace) -> int:
         return 2
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     params |= {"op": args.op, "models": models}
-    with Client(args.endpoint, timeout=args.timeout) as client:
+    with open_client(args) as client:
         try:
             client.hello("underpaint-cli")
             job = client.submit("compare", params, images)
@@ -76,7 +77,7 @@ def run_compare(args: argparse.Namespace) -> int:
                 pass
             print("underpaint compare: cancelled", file=sys.stderr)
             return 130
-        except DaemonError as exc:
+        except (DaemonError, TimeoutError) as exc:  # TimeoutError: the daemon stayed away too long
             print(f"underpaint compare: {exc}", file=sys.stderr)
             return 1
         finally:

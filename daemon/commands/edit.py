@@ -10,7 +10,8 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ...protocol import Client, DaemonError, JobCancelled, ProtocolMismatch
+from ...protocol import DaemonError, JobCancelled, ProtocolMismatch
+from .connect import open_client
 from .pictures import image_object, paste_results, result_images
 
 # CLI flag (argparse dest) -> protocol param name
@@ -105,7 +106,7 @@ def run_edit(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"underpaint edit: {exc}", file=sys.stderr)
         return 2
-    with Client(args.endpoint, timeout=args.timeout) as client:
+    with open_client(args) as client:
         try:
             client.hello("underpaint-cli")
             job = client.submit(args.op, params, images, model=args.model, preview=args.preview)
@@ -131,7 +132,7 @@ def run_edit(args: argparse.Namespace) -> int:
             bar.close()
             print("underpaint edit: cancelled", file=sys.stderr)
             return 130
-        except DaemonError as exc:
+        except (DaemonError, TimeoutError) as exc:  # TimeoutError: the daemon stayed away too long
             bar.close()
             print(f"underpaint edit: {exc}", file=sys.stderr)
             return 1

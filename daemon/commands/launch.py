@@ -45,8 +45,12 @@ def running_daemon(
     preset: str = "tiny",
     timeout: float = 600.0,
     env: dict[str, str] | None = None,
+    endpoint: str = "tcp://127.0.0.1:0",
+    keys: Path | None = None,
 ) -> Iterator[DaemonProcess]:
-    """Run a daemon for the duration of the `with` block; extra `args` go to `underpaint serve`."""
+    """Run a daemon for the duration of the `with` block; extra `args` go to `underpaint serve`.
+    `endpoint` (default: a free loopback port) and `keys` (a `underpaint keygen` folder) go there too.
+    Leaving the block stops it gracefully (SIGTERM), killing it only if it outlives its shutdown."""
     with tempfile.TemporaryDirectory(prefix="underpaint-daemon-") as tmp:
         ready = Path(tmp) / "endpoint"
         log_path = Path(tmp) / "daemon.log"
@@ -58,9 +62,10 @@ def running_daemon(
             "--preset",
             preset,
             "--endpoint",
-            "tcp://127.0.0.1:0",
+            endpoint,
             "--ready-file",
             str(ready),
+            *(["--keys", str(keys)] if keys is not None else []),
             *args,
         ]
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}

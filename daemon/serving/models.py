@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,12 @@ from ..errors import ErrorCode, RequestError
 from ..families import family
 
 log = logging.getLogger("underpaint.models")
+
+#: Building modules from configs (tiny model folders) and loading checkpoints never overlap across
+#: threads (the worker loads; submit validation may need a tiny folder's tokenizer first): loading
+#: patches torch's parameter registration process-wide (accelerate's `init_empty_weights`), so a
+#: module built meanwhile in another thread would get empty "meta" weights.
+CONSTRUCTION = threading.RLock()
 
 Key = tuple[str, str, str]  # (family, role kind, source)
 
@@ -206,22 +212,28 @@ class ModelManager:
 
     # -- loading ---------------------------------------------------------------------------------
     def _source(self, preset: Preset, role: str) -> str:
+        """Where a role's weights are, building the generated (tiny, full-size) folders on first use.
+        Any thread may ask (submit validation reads tokenizers from here)."""
         source = role_source(preset, role)
         if source.startswith(TINY_PREFIX):
-            from ..builders.tiny import ensure_tiny
+            from ..builders.tiny import TINY_VERSION, ensure_tiny
 
             fam, _, folder = source[len(TINY_PREFIX) :].partition("/")
-            return str(ensure_tiny(self.tiny_root, fam) / folder)
+            root = self.tiny_root / f"tiny-v{TINY_VERSION}" / fam
+            return str(_built(root, lambda: ensure_tiny(self.tiny_root, fam)) / folder)
         if source.startswith(FULLSIZE_PREFIX):
-            from ..builders.fullsize import ensure_fullsize_models
+            from ..builders.fullsize import FULLSIZE_VERSION, ensure_fullsize_models
 
-            return str(ensure_fullsize_models(self.tiny_root) / source[len(FULLSIZE_PREFIX) :])
+            root = self.tiny_root / f"fullsize-v{FULLSIZE_VERSION}"
+            built = _built(root, lambda: ensure_fullsize_models(self.tiny_root))
+            return str(built / source[len(FULLSIZE_PREFIX) :])
         return source
 
     def _load(self, preset: Preset, role: str) -> Any:
         source = self._source(preset, role)
         try:
-            obj = family(preset.family).load(self, preset, role, source)
+            with CONSTRUCTION:
+                obj = family(preset.family).load(self, preset, role, source)
         except RequestError:
             raise
         except Exception as exc:  # missing files, offline hub, bad checkpoint...
@@ -238,6 +250,14 @@ class ModelManager:
         preset = self.preset(preset_name)
         with self._lock:
             return {role: self._components[self.key(preset, role)].obj for role in self._loaded_roles(preset)}
+
+
+def _built(folder: Path, build: Callable[[], Path]) -> Path:
+    """`folder` if it exists, else built while no other thread constructs or loads modules."""
+    if folder.is_dir():
+        return folder
+    with CONSTRUCTION:
+        return build()
 
 
 def role_source(preset: Preset, role: str) -> str:

@@ -1,20 +1,37 @@
 """The daemon's I/O loop: one ROUTER socket, answers every request except device work itself.
 
-Handshake, status, cancel and model listing are answered here directly, so they take milliseconds
-even while the worker is busy. Submits are validated completely here (params, images, sizes) before
-they are accepted, so the worker only ever sees well-formed jobs.
+Handshake, status, cancel, fetch and model listing are answered here directly, so they take
+milliseconds even while the worker is busy. A submit is checked for its shape and counted against
+the budgets here, then validated and its images decoded in a small decode pool (a big PNG never
+stalls the loop); its `accepted` or `error` reply is sent when that is done. Jobs belong to
+sessions (sessions.py); their final events are kept for a while (results.py), so a client that lost
+its connection resumes and gets them. Shutdown ends every job with a `shutting_down` error and never
+waits on the device for longer than its grace period.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from ...protocol.messages import PROTOCOL_VERSION, SUPPORTED_VERSIONS, attach_frames, pack, unpack
-from .. import __version__, preprocessors
+from ...protocol.messages import (
+    HEARTBEAT_IVL_MS,
+    HEARTBEAT_TIMEOUT_MS,
+    HEARTBEAT_TTL_MS,
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
+    attach_frames,
+    pack,
+    split_frames,
+)
+from .. import __version__, preprocessors, prompts
 from ..errors import ErrorCode, RequestError
 from ..families import family
 from ..images import decode_image
@@ -22,42 +39,120 @@ from ..ops import OPS, compare
 from ..params import Limits
 from ..request import OpRequest
 from ..schedulers import SCHEDULER_NAMES
+from .admission import Budget, admit, image_bytes
 from .catalog import META_OPS, Catalog
-from .jobs import FairQueue, Job
+from .intake import (
+    Inbox,
+    check_finite,
+    check_nesting,
+    check_request_id,
+    decoded_estimate,
+    loggable,
+    unpack_request,
+)
+from .jobs import CANCEL_ABANDONED, CANCEL_CLIENT, CANCEL_SHUTDOWN, FairQueue, Job
 from .models import ModelManager
-from .worker import EVENTS_ENDPOINT, Worker
+from .policy import Policy
+from .results import ResultStore
+from .security import Keys, allow, secure
+from .sessions import Connection, Session, Sessions
+from .worker import Worker, cancelled_reply, shutdown_event
 
 log = logging.getLogger("underpaint.server")
 
+#: A final event sent this shortly before its connection was found dead may not have arrived: it is
+#: sent again when the session resumes (the heartbeat's timeout, plus margin).
+REDELIVER_S = HEARTBEAT_TIMEOUT_MS / 1000 + 2.0
+HOUSEKEEPING_S = 0.5
+#: How long closing the socket may take to flush the last events to live clients.
+FLUSH_MS = 1000
+#: Requests handled in a row before the loop forwards the worker's events and checks the rest.
+RECEIVE_BATCH = 256
+
+
+@dataclass(eq=False)
+class Pending:
+    """A submit waiting for (or in) the decode pool."""
+
+    conn: Connection
+    msg: dict[str, Any]
+    reserved: int  # bytes counted against the budgets until it is decoded
+
+
+@dataclass
+class Prepared:
+    request: OpRequest
+    preview: bool
+    frames: bool
+
 
 class Server:
-    def __init__(self, endpoint: str, models: ModelManager, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        models: ModelManager,
+        limits: Limits | None = None,
+        policy: Policy | None = None,
+        keys: Keys | None = None,
+        step_delay: float = 0.0,
+    ) -> None:
         self.endpoint = endpoint
         self.models = models
         self.limits = limits or Limits()
+        self.policy = policy or Policy()
+        self.keys = keys
         self.catalog = Catalog(models.config, self.limits, SCHEDULER_NAMES)
+        prompts.use_models(models)  # validation counts tokens with the files this daemon loads
         self.context = zmq.Context()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        # Past twice the advertised limit ZeroMQ drops the peer before we ever buffer the frame.
-        self.router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        self.router = self._router_socket()
+        self.auth = secure(self.context, self.router, keys) if keys is not None else None
         self.router.bind(endpoint)
-        self.events = self.context.socket(zmq.PULL)
-        self.events.bind(EVENTS_ENDPOINT)
-        self.queue = FairQueue()
-        self.jobs: dict[str, Job] = {}
-        self._jobs_lock = threading.Lock()
-        self.worker = Worker(self.queue, models, self.context, self._job_done)
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.inbox = Inbox()
+        self.queue = FairQueue(on_take=self._left_queue)
+        self.jobs: dict[str, Job] = {}  # queued and running jobs (I/O thread only)
+        self.budget = Budget(self.policy, self.limits.max_queued_per_client)
+        self.sessions = Sessions(
+            self.policy.session_grace_s,
+            self.policy.max_connections,
+            self.policy.max_connections_per_client,
+            on_drop=self._connection_lost,
+        )
+        self.results = ResultStore(self.policy.results_ttl_s, self.policy.results_bytes)
+        self.pool = ThreadPoolExecutor(max(1, self.policy.decode_threads), "underpaint-decode")
+        self._check_lock = threading.Lock()  # validation (tokenizers) runs one request at a time
+        self.worker = Worker(self.queue, models, self._from_worker, step_delay)
         self.all_ops = [*OPS, *META_OPS]
+        self.closing_at: float | None = None
+        self._finalized: set[str] = set()  # jobs whose final message shutdown sent for the worker
+        self._after_reply: list[Any] = []
+        self._next_housekeeping = 0.0
+        self._reload_keys = False
         self.handlers = {
             "hello": self.on_hello,
             "submit": self.on_submit,
             "cancel": self.on_cancel,
             "status": self.on_status,
+            "fetch": self.on_fetch,
             "models": self.on_models,
             "load": self.on_load,
             "unload": self.on_unload,
         }
+
+    def _router_socket(self) -> zmq.Socket:
+        router = self.context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        # Past twice the advertised limit ZeroMQ drops the peer before we ever buffer the frame.
+        router.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a gone peer fails: we know it was lost
+        router.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        router.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
+        return router
+
+    def reload_keys(self) -> None:
+        """Re-read the allowed client keys at the loop's next turn (safe from a signal handler)."""
+        self._reload_keys = True
 
     @property
     def bound_endpoint(self) -> str:
@@ -65,49 +160,101 @@ class Server:
 
     # -- loop ----------------------------------------------------------------------------------
     def serve(self, stop: threading.Event) -> None:
-        """Run until `stop` is set."""
+        """Run until `stop` is set and shutdown is done (PROTOCOL.md 9.4)."""
         self.worker.start()
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.events, zmq.POLLIN)
-        log.info("listening on %s (device %s)", self.bound_endpoint, self.models.device)
+        poller.register(self.monitor, zmq.POLLIN)
+        poller.register(self.inbox.fd, zmq.POLLIN)
+        log.info(
+            "listening on %s (device %s%s)",
+            self.bound_endpoint,
+            self.models.device,
+            ", CurveZMQ keys" if self.keys else "",
+        )
         try:
-            while not stop.is_set():
+            while True:
+                if stop.is_set() and self.closing_at is None:
+                    self._begin_shutdown()
+                if self.closing_at is not None and self._shutdown_over():
+                    break
                 ready = dict(poller.poll(100))
-                if self.events in ready:
-                    self._forward_events()
+                self._drain_monitor()
+                self._drain_inbox()
                 if self.router in ready:
                     self._receive()
+                self._housekeeping()
         finally:
-            self._shutdown()
-
-    def _forward_events(self) -> None:
-        while True:
-            try:
-                frames = self.events.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._send_frames(frames)
-
-    def _send_frames(self, frames: list[Any]) -> None:
-        try:
-            self.router.send_multipart(frames, zmq.NOBLOCK, copy=False)
-        except zmq.ZMQError as exc:  # peer gone or its buffer full: drop, never block
-            log.debug("dropped a message to a client: %s", exc)
+            self._close()
 
     def _receive(self) -> None:
-        while True:
+        for _ in range(RECEIVE_BATCH):  # then the loop's other duties get a turn
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            identity = frames[0].bytes
-            reply = self._handle(identity, frames[1:])
-            if reply is not None:
-                self._send_frames([identity, pack(reply)])
+            # A disconnection the monitor reported before this message arrived must be known
+            # before the message is trusted (a newcomer may reuse the departed client's routing id).
+            self._drain_monitor()
+            self._handle(frames[0].bytes, frames[1:])
 
-    def _handle(self, identity: bytes, frames: list[Any]) -> dict[str, Any] | None:
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self.sessions.disconnected(int(event["value"]))
+
+    def _connection_lost(self, conn: Connection) -> None:
+        self.results.unsend_recent(conn, time.monotonic() - REDELIVER_S)
+
+    def _drain_inbox(self) -> None:
+        for item in self.inbox.take():
+            kind = item[0]
+            if kind == "worker":
+                self._on_worker(*item[1:])
+            elif kind == "prepared":
+                self._on_prepared(*item[1:])
+
+    # -- sending -------------------------------------------------------------------------------
+    def _send(self, route: bytes, message: dict[str, Any], frames: bool = False) -> bool:
+        """Send without ever blocking; False when the peer is gone or its buffer is full."""
+        if frames:
+            header, payloads = split_frames(message)
+            parts = [route, pack(header), *payloads]
+        else:
+            parts = [route, pack(message)]
+        try:
+            self.router.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:
+            log.debug("dropped a message to a client: %s", exc)
+            return False
+
+    def _deliver(self, session: Session | None, message: dict[str, Any], frames: bool = False) -> bool:
+        """Send a job's event to its session's current connection, if it has one."""
+        if session is None or session.conn is None:
+            return False
+        return self._send(session.conn.route, message, frames)
+
+    def _answer(
+        self, conn: Connection, msg: dict[str, Any], reply: dict[str, Any], frames: bool = False
+    ) -> None:
+        """A direct reply to request `msg`, with `re`, sent to the connection that asked."""
+        if msg.get("id") is not None:
+            reply["re"] = msg["id"]
+        if self.sessions.conns.get(conn.route) is conn:
+            self._send(conn.route, reply, frames)
+
+    # -- requests ------------------------------------------------------------------------------
+    def _handle(self, route: bytes, frames: list[Any]) -> None:
+        if not frames:
+            return
         msg: Any = None
+        conn: Connection | None = None
+        reply: dict[str, Any] | None
         try:
             size = sum(len(frame.buffer) for frame in frames)
             if size > self.limits.max_message_bytes:
@@ -115,70 +262,69 @@ class Server:
                     ErrorCode.MESSAGE_TOO_LARGE,
                     f"message is {size} bytes, limit is {self.limits.max_message_bytes}",
                 )
-            try:
-                msg = unpack(frames[0].buffer)
-            except Exception as exc:
-                raise RequestError(ErrorCode.MALFORMED_MESSAGE, f"not msgpack: {exc}") from None
-            if not isinstance(msg, dict):
-                raise RequestError(
-                    ErrorCode.MALFORMED_MESSAGE, f"message must be a msgpack map, got {type(msg).__name__}"
-                )
+            msg = unpack_request(frames[0].buffer)
+            check_request_id(msg)
+            check_nesting(msg)
+            conn = self.sessions.connection(route, _fd(frames[0]), self._user(frames[0]))
             if len(frames) > 1:  # feature "frames": binary payloads after the header (zero-copy)
                 try:
                     attach_frames(msg, [frame.buffer for frame in frames[1:]])
                 except ValueError as exc:
                     raise RequestError(ErrorCode.MALFORMED_MESSAGE, str(exc)) from None
-            kind = msg.get("type")
             if "type" not in msg:
                 raise RequestError(ErrorCode.MISSING_FIELD, "type is required", "type")
+            kind = msg["type"]
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise RequestError(
-                    ErrorCode.UNKNOWN_TYPE, f"type {kind!r} is not one of {sorted(self.handlers)}", "type"
+                    ErrorCode.UNKNOWN_TYPE,
+                    f"type {loggable(kind, 40)!r} is not one of {sorted(self.handlers)}",
+                    "type",
                 )
-            reply = handler(identity, msg)
+            reply = handler(conn, msg, size)
         except RequestError as exc:
             reply = exc.to_message()
         except Exception as exc:  # a bug of ours must not take the daemon down
             log.exception("internal error handling a request")
-            reply = {
-                "type": "error",
-                "code": ErrorCode.JOB_FAILED,
-                "message": f"internal error: {type(exc).__name__}: {exc}",
-            }
-        if reply is not None and isinstance(msg, dict) and msg.get("id") is not None:
-            reply["re"] = msg["id"]
-        return reply
+            reply = _internal(exc)
+        if reply is not None:
+            if isinstance(msg, dict) and msg.get("id") is not None:
+                reply["re"] = msg["id"]
+            self._send(route, reply)
+        after, self._after_reply = self._after_reply, []
+        for action in after:
+            action()
 
-    def _shutdown(self) -> None:
-        with self._jobs_lock:
-            for job in self.jobs.values():
-                job.cancel_requested.set()
-        self.queue.close()
-        self.worker.join(timeout=30)
-        self._forward_events()
-        self.router.close(0)
-        self.events.close(0)
-        self.context.term()
-        log.info("stopped")
+    def _user(self, frame: Any) -> str | None:
+        """The client's CURVE public key (z85), as the ZAP handler vouched for it."""
+        if self.keys is None:
+            return None
+        try:
+            return str(frame.get("User-Id"))
+        except zmq.ZMQError:
+            return None
 
-    def _job_done(self, job: Job) -> None:
-        with self._jobs_lock:
-            self.jobs.pop(job.id, None)
-
-    # -- handlers ------------------------------------------------------------------------------
-    def on_hello(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any]:
-        version = msg.get("protocol")
-        if version not in SUPPORTED_VERSIONS:
+    def on_hello(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any]:
+        version = _field(msg, "protocol", int, required=True)
+        if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
             err = RequestError(
                 ErrorCode.PROTOCOL_MISMATCH,
-                f"client speaks protocol {version!r}, this daemon ({__version__}) speaks "
+                f"client speaks protocol {loggable(version, 20)}, this daemon ({__version__}) speaks "
                 f"{list(SUPPORTED_VERSIONS)}: update the older side",
                 "protocol",
             ).to_message()
             err["supported"] = list(SUPPORTED_VERSIONS)
             return err
-        log.info("hello from %s", msg.get("client") or "a client")
+        token = _field(msg, "session", str)
+        name = _field(msg, "client", str) or "a client"
+        resumed = bool(token) and self.sessions.resume(conn, token) is not None
+        session = self.sessions.session_of(conn)
+        log.info("hello from %s (%s)", loggable(name), "session resumed" if resumed else "new session")
+        if resumed:  # its final events that found no connection follow the welcome
+            self._after_reply.append(lambda: self._push_undelivered(session))
+        return self._welcome(session, resumed)
+
+    def _welcome(self, session: Session, resumed: bool) -> dict[str, Any]:
         return {
             "type": "welcome",
             "protocol": PROTOCOL_VERSION,
@@ -190,86 +336,235 @@ class Server:
             "ops": {name: spec.to_wire() for name, spec in self.catalog.common.items()},
             "preprocessors": preprocessors.describe(),
             "schedulers": SCHEDULER_NAMES,
-            "limits": self.limits.to_wire(),
-            "features": ["frames"],
+            "limits": {**self.limits.to_wire(), **self.policy.to_wire()},
+            "features": ["frames", "sessions"],
+            "session": session.token,
+            "resumed": resumed,
+            "jobs": self._session_jobs(session),
         }
 
-    def on_submit(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any]:
-        op = _field(msg, "op", str, required=True)
-        if op not in self.all_ops:
-            raise RequestError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not one of {self.all_ops}", "op")
-        preset = self.models.preset(_field(msg, "model", str))
-        raw_params = msg.get("params", {})
-        params = self.catalog.validate(preset, op, raw_params)
-        raw_images = _field(msg, "images", dict) or {}
-        preview = _field(msg, "preview", bool) or False
-
-        def decode(inner_op: str, inner_params: dict[str, Any]) -> dict[str, Any]:
-            return self._decode_images(inner_op, inner_params, raw_images)
-
-        if op == "compare":
-            request: OpRequest = compare.prepare(
-                params, raw_params, self.catalog, self.models, decode, self.limits, OPS
+    def _session_jobs(self, session: Session) -> list[dict[str, Any]]:
+        """The session's jobs the daemon still knows: queued, running, and finished with a kept event."""
+        out = [
+            {"job": job.id, "op": job.shown_op, "state": job.state}
+            for job in sorted(
+                (self.jobs[j] for j in session.jobs if j in self.jobs), key=lambda job: job.accepted_at
             )
-        else:
-            request = OpRequest(op, preset, params, decode(op, params))
-            OPS[op].check(request, self.limits)
-            family(preset.family).check(request)
-        if self.queue.count(identity) >= self.limits.max_queued_per_client:
-            raise RequestError(
-                ErrorCode.QUEUE_FULL, f"you already have {self.limits.max_queued_per_client} jobs queued"
-            )
-        job = Job(identity, "op", request, request.preset.name, op, msg.get("id"), preview)
-        job.frames = _field(msg, "frames", bool) or False
-        with self._jobs_lock:
-            self.jobs[job.id] = job
-        position = self.queue.put(job)
-        log.info("job %s: %s on %s accepted at position %d", job.id, op, request.preset.name, position)
-        return {"type": "accepted", "job": job.id, "position": position}
+        ]
+        out += [
+            {"job": k.job, "op": k.op, "state": "done", "event": k.message["type"]}
+            for k in self.results.of_session(session.id)
+        ]
+        return out
+
+    def _push_undelivered(self, session: Session) -> None:
+        for kept in self.results.undelivered(session.id):
+            if self._deliver(session, kept.message, kept.frames):
+                kept.sent_to, kept.sent_at = session.conn, time.monotonic()
+
+    # -- submit --------------------------------------------------------------------------------
+    def on_submit(self, conn: Connection, msg: dict[str, Any], size: int) -> None:
+        """Count the submit against the budgets now; validate and decode it in the pool, in order."""
+        self._refuse_when_closing()
+        session = self.sessions.session_of(conn)
+        waiting = len(session.pending) + (session.decoding is not None)
+        self.budget.check_job(session.identity, waiting=waiting)
+        reserved = size + decoded_estimate(msg.get("images"), self.limits.max_pixels)
+        self.budget.reserve_bytes(session.identity, reserved)
+        session.pending.append(Pending(conn, msg, reserved))
+        self._pump(session)
+        return None
+
+    def _pump(self, session: Session) -> None:
+        """Start the session's next submit in the decode pool (one at a time: accepted in order)."""
+        if session.decoding is not None or not session.pending or self.closing_at is not None:
+            return
+        pending = session.pending.popleft()
+        session.decoding = pending
+        future = self.pool.submit(self._prepare, pending.msg)
+        future.add_done_callback(lambda f: self.inbox.put(("prepared", session, pending, f)))
+
+    def _prepare(self, msg: dict[str, Any]) -> Prepared:
+        """Validate a submit completely and decode its images (decode pool thread)."""
+        with self._check_lock:
+            op = _field(msg, "op", str, required=True)
+            if op not in self.all_ops:
+                raise RequestError(
+                    ErrorCode.UNKNOWN_OP, f"op {loggable(op, 40)!r} is not one of {self.all_ops}", "op"
+                )
+            preset = self.models.preset(_field(msg, "model", str))
+            raw_params = msg.get("params", {})
+            check_finite(raw_params)
+            params = self.catalog.validate(preset, op, raw_params)
+            raw_images = _field(msg, "images", dict) or {}
+            preview = _field(msg, "preview", bool) or False
+            frames = _field(msg, "frames", bool) or False
+
+            def decode(inner_op: str, inner_params: dict[str, Any]) -> dict[str, Any]:
+                return self._decode_images(inner_op, inner_params, raw_images)
+
+            if op == "compare":
+                request: OpRequest = compare.prepare(
+                    params, raw_params, self.catalog, self.models, decode, self.limits, OPS
+                )
+            else:
+                request = OpRequest(op, preset, params, decode(op, params))
+                OPS[op].check(request, self.limits)
+                family(preset.family).check(request)
+            admit(request, self.policy)
+            return Prepared(request, preview, frames)
 
     def _decode_images(self, op: str, params: dict[str, Any], raw: dict[str, Any]) -> dict:
-        """Decode the image slots the op knows and the images its units or items name."""
+        """Decode the image slots the op knows and the images its units or items name. Called with
+        the check lock held; decoding itself runs without it (several submits decode at once)."""
         names = set(self.catalog.common[op].images)
         names.update(u["image"] for u in params.get("units") or [])
         names.update(i["image"] for i in params.get("items") or [] if i["image"] is not None)
-        return {
-            name: decode_image(raw[name], f"images.{name}", self.limits.max_pixels)
-            for name in sorted(names)
-            if name in raw
-        }
+        self._check_lock.release()
+        try:
+            return {
+                name: decode_image(raw[name], f"images.{name}", self.limits.max_pixels)
+                for name in sorted(names)
+                if name in raw
+            }
+        finally:
+            self._check_lock.acquire()
 
-    def on_cancel(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any] | None:
-        job_id = _field(msg, "job", str, required=True)
-        with self._jobs_lock:
-            job = self.jobs.get(job_id)
-        if job is None:
-            raise RequestError(ErrorCode.UNKNOWN_JOB, f"no queued or running job {job_id!r}", "job")
-        if job.client != identity:
-            raise RequestError(ErrorCode.NOT_OWNER, f"job {job_id} belongs to another client", "job")
-        job.cancel_requested.set()
-        if self.queue.remove(job_id) is not None:
-            # Queued: it never reaches the worker, so the cancelled event is ours to send.
-            self._job_done(job)
-            ack = {"type": "ack", "job": job_id}
-            if msg.get("id") is not None:
-                ack["re"] = msg["id"]
-            self._send_frames([identity, pack(ack)])
-            self._send_frames([identity, pack(job.envelope("cancelled"))])
+    def _on_prepared(self, session: Session, pending: Pending, future: Future[Prepared]) -> None:
+        session.decoding = None
+        self.budget.release_bytes(session.identity, pending.reserved)
+        if self.closing_at is not None:
+            return  # shutdown has answered it
+        reply: dict[str, Any] | None
+        try:
+            reply = self._accept(session, pending, future.result())
+        except RequestError as exc:
+            reply = exc.to_message()
+        except Exception as exc:
+            log.error("internal error validating a submit", exc_info=exc)
+            reply = _internal(exc)
+        if reply is not None:
+            self._answer(pending.conn, pending.msg, reply)
+        self._pump(session)
+
+    def _accept(self, session: Session, pending: Pending, prepared: Prepared) -> dict[str, Any] | None:
+        request = prepared.request
+        if session.conn is not pending.conn:
+            # Its socket is gone (or another took the session over): nobody would learn the job's id,
+            # so it is not run later for nobody.
+            log.info("a submit's connection left before it was accepted: dropped")
             return None
-        return {"type": "ack", "job": job_id}
+        self.budget.check_job(session.identity)
+        charged = sum(image_bytes(img) for img in request.images.values())
+        self.budget.reserve_bytes(session.identity, charged)
+        job = Job(
+            session.id,
+            session.identity,
+            "op",
+            request,
+            request.preset.name,
+            request.op,
+            pending.msg.get("id"),
+            prepared.preview,
+            prepared.frames,
+            charged,
+        )
+        self._track(session, job)
+        position = self.queue.put(job)
+        log.info("job %s: %s on %s accepted at position %d", job.id, job.op, job.model, position)
+        return {"type": "accepted", "job": job.id, "position": position}
 
-    def on_status(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any]:
+    def _track(self, session: Session, job: Job) -> None:
+        self.budget.add_job(job.identity)
+        self.jobs[job.id] = job
+        session.jobs.add(job.id)
+
+    def _left_queue(self, job: Job) -> None:
+        """A job stopped waiting (the worker took it, or it was removed): release what it held.
+        Runs on the worker's thread for taken jobs (the budget is thread-safe)."""
+        self.budget.remove_job(job.identity)
+        if job.charged_bytes:
+            self.budget.release_bytes(job.identity, job.charged_bytes)
+            job.charged_bytes = 0
+
+    def _forget(self, job: Job) -> None:
+        self.jobs.pop(job.id, None)
+        session = self.sessions.by_id.get(job.session)
+        if session is not None:
+            session.jobs.discard(job.id)
+
+    # -- job messages from the worker ---------------------------------------------------------------
+    def _from_worker(self, job: Job, message: dict[str, Any], kind: str) -> None:
+        self.inbox.put(("worker", job, message, kind))
+
+    def _on_worker(self, job: Job, message: dict[str, Any], kind: str) -> None:
+        if job.id in self._finalized:
+            return
+        session = self.sessions.by_id.get(job.session)
+        if kind == "event":
+            self._deliver(session, message, job.frames)
+        elif kind == "reply":
+            self._forget(job)
+            self._deliver(session, message)
+        else:
+            self._finish(job, message)
+
+    def _finish(self, job: Job, message: dict[str, Any]) -> None:
+        """A job's final event: forget the job, keep the event for its session, send it if we can."""
+        self._forget(job)
+        kept = self.results.keep(job.id, job.session, job.shown_op, message, job.frames)
+        session = self.sessions.by_id.get(job.session)
+        if self._deliver(session, message, job.frames):
+            assert session is not None
+            kept.sent_to, kept.sent_at = session.conn, time.monotonic()
+
+    def _end_queued(self, job: Job, final: dict[str, Any]) -> None:
+        """End a job that was taken out of the queue with `final` (its event, or a load's reply)."""
+        self._left_queue(job)
+        if job.kind == "op":
+            self._finish(job, final)
+        else:
+            self._forget(job)
+            self._deliver(self.sessions.by_id.get(job.session), final)
+
+    # -- other requests --------------------------------------------------------------------------
+    def on_cancel(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any] | None:
+        session = self.sessions.session_of(conn)
+        job = self._own_job(session, _field(msg, "job", str, required=True))
+        job.cancel(CANCEL_CLIENT)
+        if self.queue.remove(job.id) is None:
+            return {"type": "ack", "job": job.id}  # running: the worker sends `cancelled`
+        # Queued: it never reaches the worker, so its end is ours to send, after the ack.
+        self._answer(conn, msg, {"type": "ack", "job": job.id})
+        final = job.envelope("cancelled", reason=CANCEL_CLIENT) if job.kind == "op" else cancelled_reply(job)
+        self._end_queued(job, final)
+        return None
+
+    def _own_job(self, session: Session, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise RequestError(
+                ErrorCode.UNKNOWN_JOB, f"no queued or running job {loggable(job_id, 40)!r}", "job"
+            )
+        if job.session != session.id:
+            raise RequestError(ErrorCode.NOT_OWNER, f"job {job_id} belongs to another client", "job")
+        return job
+
+    def on_status(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any]:
+        session = self.sessions.session_of(conn)
         wanted = _field(msg, "job", str)
         running = self.worker.current
         jobs = []
-        if running is not None and running.kind == "op":
-            jobs.append(_job_info(running, identity, 0))
+        if running is not None and running.id in self.jobs:
+            jobs.append(_job_info(running, session, 0))
         for position, job in enumerate(self.queue.order()):
-            jobs.append(_job_info(job, identity, position))
+            jobs.append(_job_info(job, session, position))
         if wanted is not None:
             jobs = [j for j in jobs if j["job"] == wanted]
             if not jobs:
-                raise RequestError(ErrorCode.UNKNOWN_JOB, f"no queued or running job {wanted!r}", "job")
+                raise RequestError(
+                    ErrorCode.UNKNOWN_JOB, f"no queued or running job {loggable(wanted, 40)!r}", "job"
+                )
         return {
             "type": "status",
             "device": str(self.models.device),
@@ -278,7 +573,43 @@ class Server:
             "jobs": jobs,
         }
 
-    def on_models(self, identity: bytes, msg: dict[str, Any]) -> dict[str, Any]:
+    def on_fetch(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any] | None:
+        """A job of this session by id: its state, and its final event once it has one."""
+        session = self.sessions.session_of(conn)
+        job_id = _field(msg, "job", str, required=True)
+        frames = _field(msg, "frames", bool) or False
+        job = self.jobs.get(job_id)
+        if job is not None:
+            self._own_job(session, job_id)
+            return {
+                "type": "fetched",
+                "job": job.id,
+                "state": job.state,
+                "step": job.step,
+                "total": job.total,
+            }
+        kept = self.results.get(job_id)
+        if kept is not None:
+            if kept.session != session.id:
+                raise RequestError(ErrorCode.NOT_OWNER, f"job {job_id} belongs to another client", "job")
+            reply = {"type": "fetched", "job": job_id, "state": "done", "event": kept.message}
+            self._answer(conn, msg, reply, frames)
+            kept.sent_to, kept.sent_at = conn, time.monotonic()
+            return None
+        owner = self.results.evicted_owner(job_id)
+        if owner is not None and owner != session.id:
+            raise RequestError(ErrorCode.NOT_OWNER, f"job {job_id} belongs to another client", "job")
+        if owner is not None:
+            raise RequestError(
+                ErrorCode.RESULT_EXPIRED,
+                f"job {job_id} finished, but its result was no longer kept (kept "
+                f"{self.policy.results_ttl_s:g} s within {self.policy.results_bytes // 2**20} MiB)",
+                "job",
+            )
+        raise RequestError(ErrorCode.UNKNOWN_JOB, f"no job {loggable(job_id, 40)!r} is known", "job")
+
+    def on_models(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any]:
+        self.sessions.session_of(conn)
         return {
             "type": "models",
             "default": self.models.config.default,
@@ -291,22 +622,125 @@ class Server:
             self.catalog.describe(p, self.models.loaded_roles(p)) for p in self.models.config.presets.values()
         ]
 
-    def on_load(self, identity: bytes, msg: dict[str, Any]) -> None:
-        return self._queue_admin(identity, msg, "load")
+    def on_load(self, conn: Connection, msg: dict[str, Any], size: int) -> None:
+        return self._queue_admin(conn, msg, "load")
 
-    def on_unload(self, identity: bytes, msg: dict[str, Any]) -> None:
-        return self._queue_admin(identity, msg, "unload")
+    def on_unload(self, conn: Connection, msg: dict[str, Any], size: int) -> None:
+        return self._queue_admin(conn, msg, "unload")
 
-    def _queue_admin(self, identity: bytes, msg: dict[str, Any], kind: str) -> None:
-        """`load`/`unload` touch the device, so they wait their turn on the worker; it replies."""
+    def _queue_admin(self, conn: Connection, msg: dict[str, Any], kind: str) -> None:
+        """`load`/`unload` use the device, so they wait their turn like jobs (counted as jobs, shown
+        in status, cancellable while queued); the worker answers them."""
+        self._refuse_when_closing()
+        session = self.sessions.session_of(conn)
         preset = self.models.preset(_field(msg, "model", str, required=True))
         op = _field(msg, "op", str) or next(iter(self.catalog.specs[preset.name]))  # the preset's first op
         if kind == "load":
             if op not in OPS:
-                raise RequestError(ErrorCode.UNKNOWN_OP, f"op {op!r} is not one of {list(OPS)}", "op")
+                raise RequestError(
+                    ErrorCode.UNKNOWN_OP, f"op {loggable(op, 40)!r} is not one of {list(OPS)}", "op"
+                )
             self.catalog.spec(preset, op)  # unsupported_op, naming the presets that can
-        self.queue.put(Job(identity, kind, None, preset.name, op, msg.get("id")))
+        self.budget.check_job(session.identity)
+        job = Job(session.id, session.identity, kind, None, preset.name, op, msg.get("id"))
+        self._track(session, job)
+        self.queue.put(job)
         return None
+
+    def _refuse_when_closing(self) -> None:
+        if self.closing_at is not None:
+            raise RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down: no new work is taken")
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_S
+        if self._reload_keys and self.auth is not None and self.keys is not None:
+            self._reload_keys = False
+            allow(self.auth, self.keys)
+        for session in self.sessions.abandoned(now):
+            self._abandon(session)
+        self.results.expire(now)
+        self.sessions.forget_idle(now, self.results.sessions())
+
+    def _abandon(self, session: Session) -> None:
+        """Nobody came back for these jobs within the grace period: stop them, keep their ends."""
+        for job in self.queue.remove_session(session.id):
+            job.cancel(CANCEL_ABANDONED)
+            final = (
+                job.envelope("cancelled", reason=CANCEL_ABANDONED)
+                if job.kind == "op"
+                else cancelled_reply(job)
+            )
+            self._end_queued(job, final)
+            log.info("job %s cancelled: its client did not come back", job.id)
+        running = self.worker.current
+        if running is not None and running.session == session.id and not running.cancel_requested.is_set():
+            running.cancel(CANCEL_ABANDONED)
+            log.info("job %s stopping: its client did not come back", running.id)
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def _begin_shutdown(self) -> None:
+        """Take no new work; end the queued jobs now and the running one at its next step."""
+        self.closing_at = time.monotonic()
+        log.info("shutting down (grace %.1f s)", self.policy.shutdown_grace_s)
+        for job in self.queue.drain():
+            job.cancel(CANCEL_SHUTDOWN)
+            self._end_queued(job, shutdown_event(job))
+        running = self.worker.current
+        if running is not None:
+            running.cancel(CANCEL_SHUTDOWN)
+        self.queue.close()
+        refusal = RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down: no new work is taken")
+        for session in list(self.sessions.by_id.values()):
+            waiting = ([session.decoding] if session.decoding is not None else []) + list(session.pending)
+            session.pending.clear()
+            for pending in waiting:
+                self._answer(pending.conn, pending.msg, refusal.to_message())
+
+    def _shutdown_over(self) -> bool:
+        """True once the worker is done, or the grace is over (then its job is ended for it)."""
+        self._drain_inbox()
+        if not self.worker.is_alive():
+            return True
+        assert self.closing_at is not None
+        if time.monotonic() - self.closing_at < self.policy.shutdown_grace_s:
+            return False
+        running = self.worker.current
+        if running is not None and running.id in self.jobs:
+            log.warning(
+                "job %s is still inside a step after %.1f s: ending it without waiting",
+                running.id,
+                self.policy.shutdown_grace_s,
+            )
+            self._finalized.add(running.id)
+            final = shutdown_event(running)
+            if running.kind == "op":
+                self._finish(running, final)
+            else:
+                self._forget(running)
+                self._deliver(self.sessions.by_id.get(running.session), final)
+        return True
+
+    def _close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.router.disable_monitor()
+        self.monitor.close(0)
+        self.router.close(linger=FLUSH_MS)  # the last events still reach live clients
+        if self.auth is not None:
+            self.auth.stop()
+        self.context.term()
+        # The inbox's pipe stays open until the process ends: a decode still running may post to it.
+        log.info("stopped")
+
+
+def _fd(frame: Any) -> int:
+    try:
+        return int(frame.get(zmq.SRCFD))
+    except (zmq.ZMQError, TypeError, ValueError):
+        return -1
 
 
 def _field(msg: dict[str, Any], name: str, kind: type, required: bool = False) -> Any:
@@ -315,21 +749,31 @@ def _field(msg: dict[str, Any], name: str, kind: type, required: bool = False) -
         if required:
             raise RequestError(ErrorCode.MISSING_FIELD, f"{name} is required", name)
         return None
-    if not isinstance(value, kind):
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise RequestError(
             ErrorCode.INVALID_TYPE, f"{name} must be {kind.__name__}, got {type(value).__name__}", name
         )
     return value
 
 
-def _job_info(job: Job, identity: bytes, position: int) -> dict[str, Any]:
+def _internal(exc: BaseException) -> dict[str, Any]:
+    """A bug of ours, said without Python's internals (the log has the traceback)."""
+    return {
+        "type": "error",
+        "code": ErrorCode.JOB_FAILED,
+        "message": "the daemon could not handle this request (an internal error; its log says more)",
+    }
+
+
+def _job_info(job: Job, session: Session, position: int) -> dict[str, Any]:
+    """What status shows of a job: never its prompt, params or images (other clients see it too)."""
     return {
         "job": job.id,
-        "op": job.op,
+        "op": job.shown_op,
         "model": job.model,
         "state": job.state,
         "position": position,
         "step": job.step,
         "total": job.total,
-        "mine": job.client == identity,
+        "mine": job.session == session.id,
     }

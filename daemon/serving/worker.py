@@ -1,7 +1,8 @@
 """The one thread that uses the device: takes jobs from the fair queue and runs them.
 
-It never touches the ROUTER socket (ZeroMQ sockets are single-threaded); its events go through an
-inproc PUSH socket that the server's I/O loop forwards. Nothing a job does can kill this thread.
+It owns no ZeroMQ socket: its events go to the I/O loop through a thread-safe inbox, so the loop can
+always close its sockets and end the ZeroMQ context, even while this thread is stuck inside a long
+step (shutdown never waits on the device). Nothing a job does can kill this thread.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
-from ...protocol.messages import pack, split_frames
 from ..device import is_out_of_memory
 from ..errors import ErrorCode, RequestError
 from ..families import family
@@ -25,73 +23,59 @@ from ..ops import compare, run_op
 from ..ops.common import Patch
 from ..preprocessors import Preprocessors
 from ..progress import JobCancelled, StepReporter
-from .jobs import FairQueue, Job
+from .intake import loggable
+from .jobs import CANCEL_SHUTDOWN, FairQueue, Job
 from .models import ModelManager
 
 log = logging.getLogger("underpaint.worker")
 
-EVENTS_ENDPOINT = "inproc://underpaint-events"
+#: What the worker hands the I/O loop: (job, message, kind) with kind "event" (progress), "final"
+#: (the job's last event: kept for its session) or "reply" (the answer to a load/unload request).
+Outbox = Callable[[Job, dict[str, Any], str], None]
 
 
 class Worker(threading.Thread):
     def __init__(
-        self,
-        queue: FairQueue,
-        models: ModelManager,
-        context: zmq.Context,
-        on_done: Callable[[Job], None],
+        self, queue: FairQueue, models: ModelManager, outbox: Outbox, step_delay: float = 0.0
     ) -> None:
         super().__init__(name="underpaint-worker", daemon=True)
         self.queue = queue
         self.models = models
-        self.context = context
-        self.on_done = on_done
+        self.outbox = outbox
+        self.step_delay = step_delay  # TESTING ONLY: a slow device (seconds slept in every step)
         self.preprocessors = Preprocessors()
         self.current: Job | None = None
-        self._out: zmq.Socket | None = None
-
-    # -- plumbing ------------------------------------------------------------------------------
-    def emit(self, job: Job, message: dict[str, Any]) -> None:
-        assert self._out is not None
-        if job.frames:
-            header, payloads = split_frames(message)
-            self._out.send_multipart([job.client, pack(header), *payloads], copy=False)
-        else:
-            self._out.send_multipart([job.client, pack(message)], copy=False)
 
     def run(self) -> None:
-        self._out = self.context.socket(zmq.PUSH)
-        self._out.setsockopt(zmq.LINGER, 0)
-        self._out.connect(EVENTS_ENDPOINT)
         while True:
             job = self.queue.get()
             if job is None:
-                break
+                return
             self.current = job
-            job.state = "running"
-            final: dict[str, Any] | None = None
             try:
-                final = self._dispatch(job)
-            except Exception as exc:  # last line of defence: the worker must survive anything
-                log.exception("unexpected failure in job %s", job.id)
-                final = job.envelope("error", code=ErrorCode.JOB_FAILED, message=f"internal error: {exc}")
-            finally:
-                # Forget the job before its last event leaves, so a client reacting to that event
-                # (a second cancel, a status) already sees it gone.
-                self.current = None
-                self.on_done(job)
-            if final is not None:
-                self.emit(job, final)
-        self._out.close(0)
+                message, kind = self._dispatch(job)
+            except Exception:  # last line of defence: the worker must survive anything
+                log.error("unexpected failure in job %s:\n%s", job.id, traceback.format_exc())
+                message = _failure(
+                    job, ErrorCode.JOB_FAILED, "the job failed inside the daemon (its log says more)"
+                )
+                kind = "final" if job.kind == "op" else "reply"
+            job.state = "done"
+            self.current = None
+            self.outbox(job, message, kind)
 
-    def _dispatch(self, job: Job) -> dict[str, Any]:
-        """Run one job; returns its final message (result, cancelled, error, loaded, unloaded)."""
-        if job.kind == "load":
-            return self._load(job)
+    def _dispatch(self, job: Job) -> tuple[dict[str, Any], str]:
+        """Run one job; returns its last message and how to deliver it."""
+        if job.kind == "op":
+            return self._run_op(job), "final"
+        if job.cancel_requested.is_set():
+            if job.cancel_reason == CANCEL_SHUTDOWN:
+                return shutdown_event(job), "reply"
+            return cancelled_reply(job), "reply"
         if job.kind == "unload":
             freed = self.models.unload(job.model)
-            return _reply(job, "unloaded", model=job.model, freed_bytes=freed)
-        return self._run_op(job)
+            return job.reply("unloaded", model=job.model, freed_bytes=freed), "reply"
+        return self._load(job), "reply"
 
     def _load(self, job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -100,9 +84,9 @@ class Worker(threading.Thread):
             for kind, extras in family(preset.family).warm(preset, job.op):
                 self.models.view(preset, kind, extras)
         except RequestError as exc:
-            return _reply(job, **exc.to_message())
+            return job.reply("error", **_error_fields(exc))
         seconds = time.perf_counter() - t0
-        return _reply(job, "loaded", model=job.model, op=job.op, seconds=seconds)
+        return job.reply("loaded", model=job.model, op=job.op, seconds=seconds)
 
     # -- ops -----------------------------------------------------------------------------------
     def _run_op(self, job: Job) -> dict[str, Any]:
@@ -110,7 +94,7 @@ class Worker(threading.Thread):
         assert req is not None
         started = time.monotonic()
         if job.cancel_requested.is_set():
-            return job.envelope("cancelled")
+            return _stopped(job)
         log.info("job %s: %s on %s started", job.id, req.op, req.preset.name)
 
         def sink(step: int, total: int, preview: Any) -> None:
@@ -118,7 +102,9 @@ class Worker(threading.Thread):
             event = job.envelope("progress", step=step, total=total)
             if preview is not None:
                 event["preview"] = encode_image(preview)
-            self.emit(job, event)
+            self.outbox(job, event, "event")
+            if self.step_delay:
+                time.sleep(self.step_delay)  # TESTING ONLY: a step longer than any internal timeout
 
         load_before = self.models.load_seconds
         try:
@@ -126,16 +112,15 @@ class Worker(threading.Thread):
             if job.cancel_requested.is_set():
                 raise JobCancelled()
         except JobCancelled:
-            log.info("job %s cancelled at step %d/%d", job.id, job.step, job.total)
-            return job.envelope("cancelled")
+            log.info("job %s stopped (%s) at step %d/%d", job.id, job.cancel_reason, job.step, job.total)
+            return _stopped(job)
         except RequestError as exc:
-            log.warning("job %s failed: %s", job.id, exc.message)
+            log.warning("job %s failed: %s", job.id, loggable(exc.message, 300))
             return job.envelope("error", **_error_fields(exc))
         except Exception as exc:
             code = ErrorCode.OUT_OF_MEMORY if is_out_of_memory(exc) else ErrorCode.JOB_FAILED
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            message = f"{req.op} failed: {type(exc).__name__}: {exc}"
-            return job.envelope("error", code=code, message=message)
+            return _failure(job, code, f"{req.op} failed: {_first_line(exc) or type(exc).__name__}")
         ran = time.monotonic()
         fmt = req.params.get("output_format", "raw")
         images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed, **p.labels) for p in patches]
@@ -179,9 +164,38 @@ class Worker(threading.Thread):
         raise AssertionError("unreachable")
 
 
-def _reply(job: Job, type: str, **fields: Any) -> dict[str, Any]:
-    """A direct reply to a queued request (`load`/`unload`): carries `re`, not `job`."""
-    return {"type": type, "re": job.re, **fields}
+def _stopped(job: Job) -> dict[str, Any]:
+    """The final event of a job stopped before its end: `cancelled`, or `shutting_down`."""
+    if job.cancel_reason == CANCEL_SHUTDOWN:
+        return shutdown_event(job)
+    return job.envelope("cancelled", reason=job.cancel_reason or "client")
+
+
+def shutdown_event(job: Job) -> dict[str, Any]:
+    """What a job's client gets when the daemon stops before the job could finish."""
+    message = "the daemon is shutting down; the job did not finish: submit it again once it is back"
+    if job.kind != "op":
+        return job.reply("error", code=ErrorCode.SHUTTING_DOWN, message=message)
+    return job.envelope("error", code=ErrorCode.SHUTTING_DOWN, message=message)
+
+
+def cancelled_reply(job: Job) -> dict[str, Any]:
+    """The answer to a `load`/`unload` cancelled before it ran."""
+    return job.reply(
+        "error", code=ErrorCode.REQUEST_CANCELLED, message=f"{job.kind} of {job.model} was cancelled"
+    )
+
+
+def _failure(job: Job, code: str, message: str) -> dict[str, Any]:
+    if job.kind != "op":
+        return job.reply("error", code=code, message=message)
+    return job.envelope("error", code=code, message=message)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message for a client: its first line, short (never a traceback)."""
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else ""
 
 
 def _error_fields(exc: RequestError) -> dict[str, Any]:
