@@ -37,6 +37,7 @@ log = logging.getLogger("underpaint.prompts")
 
 # -- the syntax -------------------------------------------------------------------------------------
 MAX_WEIGHT = 3.0
+MAX_NESTING = 32  # groups inside groups: far beyond any use (weights multiply), and parsing stays flat
 EMPHASIS = 1.1  # `(text)` without a number
 _NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)\Z")
 _WEIGHT_LIKE = re.compile(r"[-+.\d]\S*\Z")  # one word that starts like a number
@@ -108,6 +109,10 @@ def parse(text: str, field: str = "params.prompt") -> Prompt:
             i += 2
             continue
         if char == "(":
+            if len(stack) > MAX_NESTING:
+                raise PromptSyntaxError(
+                    field, i, f"'(' at character {i} nests more than {MAX_NESTING} groups deep"
+                )
             stack.append(_Group(i, []))
             groups.append(i)
         elif char == ")":

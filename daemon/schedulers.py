@@ -19,7 +19,7 @@ from diffusers import (
 _SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "ddim": (DDIMScheduler, {}),
     "ddpm": (DDPMScheduler, {}),
-    "pndm": (PNDMScheduler, {}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),  # as SD does; PRK steps fail below 4 steps
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "heun": (HeunDiscreteScheduler, {}),

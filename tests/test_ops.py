@@ -193,3 +193,12 @@ def test_every_sampler_reproduces_its_picture_from_the_seed(client) -> None:
         params = {"prompt": "a fox", "steps": 3, "seed": 9, "scheduler": name, "width": 64, "height": 64}
         first, second = (pixels(client.run("txt2img", params)["images"][0]) for _ in range(2))
         assert np.array_equal(first, second), f"{name} is not reproducible from its seed"
+
+
+def test_named_samplers_run_at_one_step_on_every_family_config(client) -> None:
+    """A sampler built from another family's scheduler config must still run at the fewest steps the
+    spec allows (PNDM's PRK warm-up needed 4 steps; the fuzz found it failing at run time)."""
+    for model in ("tiny", "tiny-sd2"):
+        for name in ("pndm", "ddim", "euler"):
+            params = {"prompt": "a fox", "steps": 1, "seed": 1, "scheduler": name, "width": 64, "height": 64}
+            assert client.run("txt2img", params, model=model)["images"], (model, name)

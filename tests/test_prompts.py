@@ -87,6 +87,7 @@ def test_plain_text_drops_only_the_syntax() -> None:
         ("a () fox", 2, "empty"),
         ("(:1.2) fox", 0, "empty"),
         ("a (( ):2) fox", 3, "empty"),
+        ("(" * 4000, 32, "nests more than 32"),  # refused, not a RecursionError (found by the fuzz)
     ],
 )
 def test_malformed_syntax_names_the_position(text: str, position: int, says: str) -> None:

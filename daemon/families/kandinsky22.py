@@ -119,7 +119,7 @@ class Kandinsky22(Family):
         if op in PRIOR_OPS:
             steps = spec.params["steps"]
             add += [
-                Param("prior_steps", "int", 25, "prior steps (prompt -> image embedding)", 1, steps.max),
+                Param("prior_steps", "int", 25, "prior steps (prompt -> image embedding)", 2, steps.max),
                 Param("prior_guidance_scale", "float", 4.0, "guidance of the prior", 0.0, 30.0),
             ]
         if op == "inpaint":
