@@ -2,7 +2,8 @@
 
 Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and previews,
 5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side by side,
-8 prompts (a weighted, long prompt against a plain one).
+8 prompts (a weighted, long prompt against a plain one), 9 reword (Prompt-to-Prompt against the plain job),
+10 workers (1 vs 2 workers, local and Ray; Ray's per-job cost; the front end's message rate).
 Exit status 1 when a hard check fails (pixels differ, a job is lost, a cancelled job delivers a
 result); missed targets are reported, not fatal, because timings on a shared machine are noisy.
 """
@@ -54,7 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and "
         "previews, 5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side "
         "by side (first-use load, warm job; on the GPU where there is one), 8 prompts (a weighted prompt "
-        "filling 3 CLIP windows against a plain one, tiny sd15 and sdxl). Exit status 1 when a hard "
+        "filling 3 CLIP windows against a plain one, tiny sd15 and sdxl), 9 reword (a Prompt-to-Prompt edit "
+        "against the plain txt2img it edits: time and peak memory; with --fullsize on the full SD 1.5 "
+        "architecture too), 10 workers (throughput with 1 vs 2 workers for the local and the Ray pool, "
+        "Ray's per-job cost against the local pool, one worker as a thread or a process, and the messages "
+        "per second the front end can route; --quick: the front end only). Exit status 1 when a hard "
         "check fails (pixels differ, a job is lost, ...); missed timing targets are only reported. "
         "See docs/BENCHMARKS.md.",
     )
@@ -97,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "~/.cache/underpaint/models, like the daemon)",
     )
     p.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8", help="comma-separated sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated sections to run (default: all)"
     )
     return p.parse_args(argv)
 
@@ -126,9 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     run.prompts_weighted_vs_plain(report, plan, sections, models_dir, env)
     gc.collect()
+    run.reword_vs_plain(report, plan, sections, models_dir, env)
+    gc.collect()
+    run.workers(report, plan, sections, models_dir, env)
+    gc.collect()
     base_dir = None
     if args.fullsize and not args.quick:
         base_dir = run.fullsize(report, plan, sections, models_dir, env)
+        gc.collect()
+        run.reword_vs_plain(report, plan, sections, models_dir, env, fullsize=True)
         gc.collect()
     if 6 in sections:
         gpu.measure(report, models_dir, base_dir, plan.full_reps)

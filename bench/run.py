@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from underpaint.daemon.commands.launch import running_daemon
 
-from . import cancel, clients, families, overhead, prompts, transfer, warm
+from . import cancel, clients, families, overhead, pool, prompts, reword, transfer, warm
 from .common import PROMPT, SEED, Report, client_for, secs, timed
 from .echo import running_echo
 
@@ -94,6 +94,39 @@ def prompts_weighted_vs_plain(
         size = 64 if plan.quick else 128
         prompts.measure(report, client, models_dir, plan.reps, size, plan.tiny_steps)
         report.check("prompts daemon survived", daemon.alive())
+
+
+def reword_vs_plain(
+    report: Report,
+    plan: Plan,
+    sections: set[int],
+    models_dir: Path,
+    env: dict[str, str],
+    fullsize: bool = False,
+) -> None:
+    """Section 9 on a daemon of its own, whose allocator gives freed memory back (see bench/reword.py):
+    the tiny sd15 and sdxl presets, or with `fullsize` the full SD 1.5 architecture."""
+    if 9 not in sections:
+        return
+    preset = "fullsize" if fullsize else "tiny"
+    with ExitStack() as stack:
+        daemon, _ = _start(stack, preset, models_dir, {**env, **reword.ALLOCATOR_ENV})
+        client = stack.enter_context(client_for(daemon.endpoint))
+        pid = daemon.process.pid
+        if fullsize:
+            reword.measure(report, client, pid, ["fullsize"], plan.full_reps, plan.full_size, plan.full_steps)
+        else:
+            size = 64 if plan.quick else 256
+            reword.measure(report, client, pid, ["tiny", "tiny-sdxl"], plan.reps, size, plan.tiny_steps)
+        report.check(f"reword daemon survived ({preset})", daemon.alive())
+
+
+def workers(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> None:
+    """Section 10 on daemons of its own: one worker thread, one and two worker processes, and (not with
+    --quick) one and two Ray actors on a local cluster it starts."""
+    if 10 not in sections:
+        return
+    pool.measure(report, plan.quick, plan.reps, models_dir, env)
 
 
 def fullsize(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> Path:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _edit_parser(sub)
     for name, help_, func in (
         ("models", "list the daemon's model presets, their families and ops, and what is loaded", cmd_models),
-        ("status", "show the daemon's device, queue and running job", cmd_status),
+        ("status", "show the daemon's device, queue, running jobs and workers", cmd_status),
     ):
         p = sub.add_parser(name, help=help_, description=help_)
         _endpoint_arg(p)
@@ -122,8 +123,9 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--device",
         default="auto",
-        help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps",
+        help="torch device of the single worker: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps",
     )
+    _pool_args(p)
     p.add_argument(
         "--dtype",
         default="auto",
@@ -134,7 +136,7 @@ def _serve_parser(sub: Any) -> None:
         "--memory-budget-gb",
         type=float,
         default=0.0,
-        help="unload least recently used models above this many GB (0 = no limit)",
+        help="unload least recently used models above this many GB, per worker (0 = no limit)",
     )
     p.add_argument(
         "--max-message-mb", type=float, default=256.0, help="largest accepted request in MiB (default 256)"
@@ -149,7 +151,8 @@ def _serve_parser(sub: Any) -> None:
         "--threads",
         type=int,
         default=0,
-        help="CPU threads torch may use (0 = torch's default; 1-2 keeps a shared machine responsive)",
+        help="CPU threads torch may use in each worker (0 = torch's default, or with several CPU workers "
+        "the cores shared out among them; 1-2 keeps a shared machine responsive)",
     )
     p.add_argument(
         "--models-dir",
@@ -166,6 +169,35 @@ def _serve_parser(sub: Any) -> None:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity"
     )
     p.set_defaults(func=cmd_serve)
+
+
+def _pool_args(p: argparse.ArgumentParser) -> None:
+    """Several workers: one per device of this machine, or Ray actors (docs/STUDIO.md)."""
+    p.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="one worker process per device, e.g. cuda:0,cuda:1 (or cpu,cpu); auto = every CUDA GPU "
+        "(else one worker on mps or cpu). Jobs of different clients then run at the same time",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="without --ray: N worker processes on --device; with --ray: N actors (default: one per "
+        "GPU of the cluster, or 1 where it has none)",
+    )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the workers as Ray actors (pip install 'underpaint[ray]'): ADDRESS of a running "
+        "cluster (HOST:6379), or auto to start a private local one that stops with the daemon",
+    )
+    p.add_argument(
+        "--worker-start-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the workers to be ready before serving (default 600)",
+    )
 
 
 def _security_args(p: argparse.ArgumentParser) -> None:
@@ -237,6 +269,13 @@ def _limit_args(p: argparse.ArgumentParser) -> None:
         ("--decode-threads", int, d.decode_threads, "threads that validate submits and decode their images"),
     ):
         p.add_argument(flag, type=kind, default=default, help=f"{help_} (default {default:g})")
+    p.add_argument(
+        "--test-start-delay",
+        type=float,
+        default=0.0,
+        help="TESTING ONLY: a worker waits this many seconds before it starts each op (simulates a "
+        "slow model load, to test a worker lost before its job's first step); never use it to serve",
+    )
     p.add_argument(
         "--test-step-delay",
         type=float,
@@ -311,11 +350,59 @@ def _on_signals(stop: threading.Event, on_hup: Any) -> None:
         signal.signal(signal.SIGHUP, lambda *_: on_hup())
 
 
+def _check_pool_args(args: argparse.Namespace) -> None:
+    """Refuse combinations that cannot mean anything, before the heavy imports."""
+    problem = None
+    if args.ray and args.devices:
+        problem = "--devices places local workers; with --ray, Ray places them (use --workers for how many)"
+    elif args.workers is not None and args.workers < 1:
+        problem = "--workers must be at least 1"
+    elif args.devices and args.workers is not None:
+        problem = "give either --devices (one worker per device) or --workers (N workers on --device)"
+    if problem:
+        print(f"underpaint serve: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _pool(args: argparse.Namespace, config: Any) -> Any:
+    """The pool the flags ask for; None for the default single worker thread."""
+    from .serving.pool.base import WorkerSpec
+
+    spec = WorkerSpec(
+        config,
+        args.device,
+        args.dtype,
+        int(args.memory_budget_gb * 1024**3),
+        args.models_dir,
+        args.threads,
+        args.test_step_delay,
+        args.test_start_delay,
+        args.log_level,
+    )
+    if args.ray:
+        try:
+            from .serving.pool.raypool import RayPool
+        except ImportError as exc:
+            raise ImportError(f"--ray needs Ray: pip install 'underpaint[ray]' ({exc})") from None
+        return RayPool(spec, args.ray, args.workers)
+    if not args.devices and args.workers is None:
+        return None
+    from .device import expand_devices, pick_device
+    from .serving.pool.local import LocalPool, process_specs
+
+    if args.devices:
+        devices = expand_devices(args.devices)
+    else:
+        devices = [str(pick_device(args.device))] * args.workers
+    if args.threads <= 0 and all(d == "cpu" for d in devices):
+        spec = replace(spec, threads=max(1, (os.cpu_count() or 1) // len(devices)))  # share the cores out
+    return LocalPool(process_specs(spec, devices), "process")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _check_pool_args(args)
     keys = _serve_keys(args)  # before the heavy imports: a refused endpoint says so at once
-    from dataclasses import replace
-
     from .config import load_config
     from .device import pick_device, pick_dtype
     from .params import Limits
@@ -344,15 +431,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         max_queued_per_client=args.max_queued_per_client,
     )
-    server = Server(args.endpoint, models, limits, _policy(args), keys, step_delay=args.test_step_delay)
+    try:
+        pool = _pool(args, config)
+    except (ImportError, ValueError, RuntimeError) as exc:
+        print(f"underpaint serve: {exc}", file=sys.stderr)
+        return 2
+    server = Server(
+        args.endpoint, models, limits, _policy(args), keys, step_delay=args.test_step_delay, pool=pool
+    )
     stop = threading.Event()
     _on_signals(stop, server.reload_keys if keys is not None else None)
+    if not server.start_workers(args.worker_start_timeout, stop) and not stop.is_set():
+        print("underpaint serve: no worker could start (the log above says why)", file=sys.stderr)
+        server.pool.close(2.0)
+        return 2
     if args.ready_file:
         args.ready_file.write_text(server.bound_endpoint)
     server.serve(stop)
-    if server.worker.is_alive():
-        # The worker is inside a step that ignores cancellation; the clients have their events and
-        # the sockets are closed: exit without waiting for the device.
+    if server.pool.stuck():
+        # A worker thread is inside a step that ignores cancellation; the clients have their events
+        # and the sockets are closed: exit without waiting for the device.
         logging.getLogger("underpaint.server").warning("exiting while the device is still busy")
         logging.shutdown()
         os._exit(0)
@@ -386,7 +484,9 @@ def _edit_parser(sub: Any) -> None:
         help="run one op on the daemon and write the result",
         description="Submit one job to a running daemon, show a progress bar, write the result. "
         "Ctrl-C cancels the job. --out gets the finished picture (the patch pasted onto the input); "
-        "with several variations, NAME-1.png, NAME-2.png, ... Which ops and parameters a preset "
+        "with several variations, NAME-1.png, NAME-2.png, ... Next to each PNG, NAME.json records the "
+        "result (op, preset, params and seed, score, place, input files): `edit reword --from NAME.json "
+        "--prompt TEXT` edits its prompt later. Which ops and parameters a preset "
         "takes depends on its model family: see `underpaint models`.",
     )
     p.add_argument(
@@ -401,6 +501,7 @@ def _edit_parser(sub: Any) -> None:
             "depth",
             "mix",
             "upscale",
+            "reword",
         ],
         help="what to do (see PROTOCOL.md section 8)",
     )
@@ -408,6 +509,43 @@ def _edit_parser(sub: Any) -> None:
     p.add_argument("--model", help="model preset (default: the daemon's)")
     _request_args(p)
     p.add_argument("--preview", action="store_true", help="ask for per-step previews")
+    # reword (Prompt-to-Prompt): daemon/commands/edit.py, PROTOCOL.md section 8 `reword`
+    p.add_argument(
+        "--from",
+        dest="from_result",
+        type=Path,
+        metavar="RESULT.json",
+        help="reword: the result to edit (the JSON written next to every result PNG); --prompt is then "
+        "the edited prompt, and other options change the source job's params",
+    )
+    p.add_argument(
+        "--edit-kind",
+        choices=["auto", "replace", "refine", "reweight"],
+        help="reword: replace (words swapped), refine (words added), reweight (weights only); default auto",
+    )
+    p.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="WORD=W",
+        help="reword: attention weight of a word or phrase of the edited prompt, 0-10 (repeatable)",
+    )
+    p.add_argument(
+        "--inject-cross", type=float, metavar="F", help="reword: share of steps the word maps are kept"
+    )
+    p.add_argument(
+        "--inject-self", type=float, metavar="F", help="reword: share of steps the layout maps are kept"
+    )
+    p.add_argument(
+        "--blend",
+        action="append",
+        default=[],
+        metavar="WORD",
+        help="reword: local blend, only where this word's attention is may pixels change (repeatable)",
+    )
+    p.add_argument(
+        "--blend-threshold", type=float, metavar="F", help="reword: local blend threshold, 0.01-0.99"
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -533,6 +671,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {job['job']} {job['op']:<10} {job['model']:<8} {job['state']:<8} "
             f"pos {job['position']} step {job['step']}/{job['total']}" + ("  (yours)" if job["mine"] else "")
         )
+    workers = status.get("workers") or []
+    if len(workers) > 1 or welcome.get("pool", "local") != "local":
+        print(f"workers ({welcome.get('pool', 'local')}):")
+        for w in workers:
+            warm = ", ".join(w["warm"]) or "nothing warm"
+            print(
+                f"  {w['worker']:<4} {w['state']:<8} {w['device'] or '?'} on {w['host'] or '?'} "
+                f"(pid {w['pid'] or '?'}): {w['job'] or 'no job'}; {warm}"
+            )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Pick the compute device and dtype: CUDA, then Apple MPS, then CPU; half precision on GPUs."""
+"""Pick the compute device and dtype (CUDA, then Apple MPS, then CPU; half precision on GPUs), and the
+devices of a local pool of workers (one worker per device)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,25 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def all_devices() -> list[str]:
+    """One entry per device a worker can own: every CUDA GPU, else Apple MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return [str(pick_device("auto"))]
+
+
+def expand_devices(text: str) -> list[str]:
+    """The device of every local worker: `auto` (every device of `all_devices`) or a comma-separated
+    list (`cuda:0,cuda:1`, `cpu,cpu`). ValueError for a device torch does not know."""
+    text = text.strip()
+    devices = all_devices() if text == "auto" else [part.strip() for part in text.split(",") if part.strip()]
+    if not devices:
+        raise ValueError(f"no device in {text!r}")
+    for device in devices:
+        try:
+            torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"device {device!r}: {exc}") from None
+    return devices

@@ -33,7 +33,7 @@ class Param:
     """One parameter: its type, default, range and the doc shown to client authors."""
 
     name: str
-    type: str  # "int" | "float" | "str" | "bool" | "units" | "items" | "models"
+    type: str  # "int" | "float" | "str" | "bool" | "units" | "items" | "models" | "words" | "weights"
     default: Any
     doc: str
     min: float | None = None
@@ -95,6 +95,8 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "units": (list, tuple),
     "items": (list, tuple),
     "models": (list, tuple),
+    "words": (list, tuple),
+    "weights": (dict,),
 }
 
 
@@ -253,7 +255,124 @@ def check_models(value: Any, path: str) -> list[str]:
     return names
 
 
-LIST_CHECKS = {"units": check_units, "items": check_items, "models": check_models}
+MAX_WORDS = 8
+MAX_WORD_CHARS = 100
+
+
+def _check_word(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        raise RequestError(ErrorCode.INVALID_TYPE, f"{path} must be str, got {type(value).__name__}", path)
+    if not value.strip() or len(value) > MAX_WORD_CHARS:
+        raise RequestError(
+            ErrorCode.INVALID_VALUE, f"{path} must be a word or phrase of 1 … {MAX_WORD_CHARS} chars", path
+        )
+    return value
+
+
+def check_words(value: Any, path: str) -> list[str]:
+    """Validate `reword`'s blend words (whether each is in a prompt is checked with the tokenizer)."""
+    words = _check_list(value, path, "words", 0, MAX_WORDS, "words")
+    return [_check_word(word, f"{path}.{i}") for i, word in enumerate(words)]
+
+
+WEIGHT = Param("weight", "float", 1.0, "attention weight", 0.0, 10.0)
+
+
+def check_weights(value: Any, path: str) -> dict[str, float]:
+    """Validate `reword`'s word weights: a map from a word or phrase to a weight 0 … 10."""
+    value = _check_type("weights", value, path)
+    if len(value) > MAX_WORDS:
+        raise RequestError(
+            ErrorCode.OUT_OF_RANGE, f"{path} has {len(value)} words, at most {MAX_WORDS}", path
+        )
+    checked = {}
+    for word, weight in value.items():
+        where = f"{path}.{word}" if isinstance(word, str) else path
+        checked[_check_word(word, path)] = WEIGHT.check(weight, where)
+    return checked
+
+
+LIST_CHECKS = {
+    "units": check_units,
+    "items": check_items,
+    "models": check_models,
+    "words": check_words,
+    "weights": check_weights,
+}
+
+#: Source ops `reword` can edit: the ones that start from noise (in the masked area).
+REWORD_SOURCES = ("txt2img", "inpaint")
+#: `reword`'s edit kinds (see p2p.py).
+EDIT_KINDS = ("auto", "replace", "refine", "reweight")
+
+
+def rank_param(target: str) -> Param:
+    """`rank` for an op whose pictures a preset's CLIP can compare with `target`."""
+    return Param(
+        "rank",
+        "bool",
+        False,
+        f"order the pictures by CLIP similarity to {target}, best first; each image gets `score` "
+        "(cosine similarity, -1 … 1)",
+    )
+
+
+def reword_params() -> list[Param]:
+    """What `reword` adds to the source job's parameters."""
+    return [
+        Param(
+            "new_prompt",
+            "str",
+            None,
+            "the edited prompt; nil = prompt (same words: only `weights` change)",
+            nullable=True,
+        ),
+        Param(
+            "edit",
+            "str",
+            "auto",
+            "replace: words swapped, as many tokens; refine: words added or removed (tokens aligned); "
+            "reweight: same words, new weights; auto: whichever fits the two prompts",
+            choices=EDIT_KINDS,
+        ),
+        Param(
+            "weights",
+            "weights",
+            {},
+            "attention weight of words or phrases of the edited prompt, e.g. {snow: 2.0} (0 … 10, 1 = as is)",
+        ),
+        Param(
+            "inject_cross",
+            "float",
+            0.8,
+            "share of the steps the source's cross-attention (word) maps are injected; 0 = a plain re-run",
+            0.0,
+            1.0,
+        ),
+        Param(
+            "inject_self",
+            "float",
+            0.4,
+            "share of the steps the source's self-attention (layout) maps are injected",
+            0.0,
+            1.0,
+        ),
+        Param(
+            "blend",
+            "words",
+            [],
+            "local blend: words of either prompt whose attention marks where pixels may change; "
+            "empty = everywhere",
+        ),
+        Param(
+            "blend_threshold",
+            "float",
+            0.3,
+            "local blend: share of the words' attention range a place needs to change",
+            0.01,
+            0.99,
+        ),
+    ]
 
 
 def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
@@ -366,6 +485,30 @@ def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
             + [Param("items", "items", None, "2 … 8 {prompt | image, weight} to blend", required=True)],
         ),
         _op(
+            "reword",
+            "Prompt-to-Prompt: a txt2img or inpaint job again (same preset, params, seed and images) with "
+            "an edited prompt that keeps the picture's composition; an RGBA patch where the source's is",
+            {
+                "image": ImageSlot(False, "the source job's image (inpaint)"),
+                "mask": ImageSlot(False, "the source job's mask (inpaint)"),
+            },
+            [
+                Param(
+                    "op",
+                    "str",
+                    None,
+                    "the source job's op; nil = inpaint when images.mask is sent, else txt2img",
+                    choices=REWORD_SOURCES,
+                    nullable=True,
+                )
+            ]
+            + common()
+            + size
+            + region
+            + [strength(1.0)]
+            + reword_params(),
+        ),
+        _op(
             "compare",
             "run one op with the same parameters on several presets; one labelled result per preset",
             {},
@@ -386,6 +529,11 @@ def build_op_specs(limits: Limits, schedulers: list[str]) -> dict[str, OpSpec]:
         ),
     ]
     by_name = {s.name: s for s in specs}
+    reword = by_name["reword"]
+    source_prompt = replace(
+        reword.params["prompt"], doc="the source job's prompt, as its result's params have it"
+    )
+    by_name["reword"] = reword.changed(add=[source_prompt])
     inner = tuple(name for name in by_name if name != "compare")
     compare = by_name["compare"]
     by_name["compare"] = compare.changed(add=[replace(compare.params["op"], choices=inner)])

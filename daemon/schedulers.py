@@ -11,8 +11,10 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    TCDScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -27,6 +29,10 @@ _SCHEDULERS: dict[str, tuple[type, dict[str, Any]]] = {
     "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     "unipc": (UniPCMultistepScheduler, {}),
+    # Few-step samplers for live painting: meant for LCM / TCD distilled models or LoRAs, 2-8 steps and
+    # low guidance (1-2); on an ordinary model they run, but its pictures need many more steps.
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
 }
 
 SCHEDULER_NAMES = list(_SCHEDULERS)

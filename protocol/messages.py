@@ -51,6 +51,7 @@ class ErrorCode:
     JOB_TOO_LARGE = "job_too_large"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     REQUEST_CANCELLED = "request_cancelled"
+    WORKER_LOST = "worker_lost"
     # Made by the Python client itself, never sent by a daemon: the daemon restarted (or forgot the
     # session) while a job was queued or running, so no final event will ever come for it.
     JOB_LOST = "job_lost"

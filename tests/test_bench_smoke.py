@@ -1,6 +1,6 @@
 """The benchmark script must never rot: a --quick run on the tiny preset, checked for real results.
 
-The full run (`python -m bench --fullsize`) takes ~20 min and is not part of the suite; this smoke run
+The full run (`python -m bench --fullsize`) is not part of the suite; this smoke run (a few minutes)
 goes through every section with tiny sizes and asserts what must hold whatever the machine's load:
 the table is produced, pixels match between daemon and in-process, no job is lost, cancel works.
 Timing targets are not asserted here (shared machines are noisy); the table reports them.
@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(620)
 def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -> None:
     out, raw = tmp_path / "bench.md", tmp_path / "bench.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "UNDERPAINT_HOME": str(underpaint_home)}
@@ -31,7 +31,7 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=600,
     )
     took = time.monotonic() - t0
     assert proc.returncode == 0, f"bench failed ({took:.0f} s):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
@@ -47,6 +47,8 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
         "6. GPU",
         "7. Families",
         "8. Prompts",
+        "9. Reword",
+        "10. Workers",
     ):
         assert f"| {section} |" in table, f"section {section!r} missing from the table"
     assert table in proc.stdout or "| Section | Measurement |" in proc.stdout  # also printed

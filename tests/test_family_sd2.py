@@ -169,8 +169,16 @@ def test_tiny_folders_are_detected_as_sd2_and_share_base_parts(underpaint_home: 
 
 def test_presets_offer_depth_and_what_they_have(client: Any) -> None:
     models = {p["name"]: p for p in client.hello("test_family_sd2")["models"]}
-    assert models[MODEL]["ops"] == ["txt2img", "sdedit", "inpaint", "depth", "controlnet", "upscale"]
-    assert models["sd21"]["ops"] == ["txt2img", "sdedit", "inpaint", "depth", "upscale"]
+    assert models[MODEL]["ops"] == [
+        "txt2img",
+        "sdedit",
+        "inpaint",
+        "depth",
+        "controlnet",
+        "upscale",
+        "reword",
+    ]
+    assert models["sd21"]["ops"] == ["txt2img", "sdedit", "inpaint", "depth", "upscale", "reword"]
     assert models["sd21"]["resolution"] == 768 and models["sd21-base"]["resolution"] == 512
     assert "upscale" not in models["sd21-base"]["ops"] and models["sd21"]["family"] == "sd2"
     depth = models[MODEL]["op_specs"]["depth"]

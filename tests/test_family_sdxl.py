@@ -120,7 +120,7 @@ def test_refine_is_offered_only_where_a_refiner_is(client: Any, tiny: Path, tmp_
     models = {m["name"]: m for m in client.hello("test_family_sdxl")["models"]}
     sdxl, sd15 = models[MODEL], models["tiny"]
     assert sdxl["family"] == "sdxl" and sdxl["resolution"] == 64
-    assert sdxl["ops"] == ["txt2img", "sdedit", "inpaint", "controlnet"]
+    assert sdxl["ops"] == ["txt2img", "sdedit", "inpaint", "controlnet", "reword"]
     assert models["sdxl"]["resolution"] == 1024 and models["sdxl"]["controlnets"] == ["canny", "depth"]
     for op in ("txt2img", "sdedit", "inpaint"):
         refine = sdxl["op_specs"][op]["params"]["refine"]

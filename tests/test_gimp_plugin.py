@@ -31,6 +31,8 @@ import pytest
 from conftest import need
 from PIL import Image, ImageDraw
 
+from underpaint.daemon.commands.launch import running_daemon
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PLUGIN = REPO / "plugins" / "gimp" / "underpaint"
@@ -39,6 +41,7 @@ GIMP_TIMEOUT = float(os.environ.get("UNDERPAINT_GIMP_TIMEOUT", "300"))  # s per 
 
 sys.path.insert(0, str(HERE / "gimp"))
 import gimp_chroot  # noqa: E402
+from link import relay  # noqa: E402
 
 
 def _load_plugin_package() -> ModuleType:
@@ -68,12 +71,15 @@ sys.modules.setdefault("underpaint_protocol.regions", _regions)
 _load_plugin_package()
 from underpaint_gimp import (  # noqa: E402
     job,
+    keys,
     modes,
+    pending,
     placement,
     presets,
     prompt_errors,
     region,
     request,
+    reword,
     steps,
 )
 
@@ -374,7 +380,13 @@ def test_the_picked_preset_decides_what_is_sent(daemon) -> None:
     assert not shown.runnable and re.search(r"presets that can: .*\btiny\b", shown.notes), shown
     shown = presets.help_text(catalog, "", inpaint, "inpaint", "Inpaint")
     assert shown.runnable and shown.text.startswith("tiny (the daemon's default): Stable Diffusion")
-    assert "Family settings" not in shown.text
+    tiny = catalog.get("tiny")
+    assert tiny is not None
+    extra = catalog.family_settings(tiny, "inpaint")  # e.g. `rank` once the preset has a CLIP
+    if extra:
+        assert f"Family settings it takes: {', '.join(extra)} (hover" in shown.notes, shown
+    else:
+        assert "Family settings" not in shown.text, "a preset without any says nothing of them"
     shown = presets.help_text(catalog, "tiny-sdxl", inpaint, "inpaint", "Inpaint")
     assert "Family settings it takes: refine" in shown.notes
     sdxl = catalog.get("tiny-sdxl")
@@ -706,7 +718,9 @@ def _mode_calls(endpoint: str, gimp: GimpEnv) -> list[dict[str, Any]]:
 def gimp_modes(gimp: GimpEnv, daemon) -> dict[str, Any]:
     """Every procedure called once in one gimp-console session, plus the error paths."""
     return gimp.batch(
-        "modes", _mode_calls(daemon.endpoint, gimp), procedures=[m.procedure for m in modes.MODES]
+        "modes",
+        _mode_calls(daemon.endpoint, gimp),
+        procedures=[m.procedure for m in modes.MODES] + [FETCH, REWORD],
     )
 
 
@@ -731,6 +745,15 @@ def test_gimp_registers_every_procedure(gimp_modes: dict[str, Any]) -> None:
         assert list(arguments)[:3] == ["run-mode", "image", "drawables"], arguments
         for arg in mode.args:
             assert arguments.get(arg.name) == kinds[arg.kind], (mode.key, arg.name, arguments)
+    fetch, rewording = (gimp_modes["procedures"][name] for name in (FETCH, REWORD))
+    assert fetch is not None and rewording is not None, gimp_modes["log"]
+    assert fetch["menu_label"] == "_Fetch Pending Results" and fetch["returns"] == ["placed", "pending"]
+    assert list(fetch["arguments"]) == ["run-mode", "image", "drawables"], fetch
+    assert rewording["menu_label"] == reword.REWORD.label and rewording["returns"] == [], rewording
+    assert rewording["image_types"] == "RGB*, GRAY*", rewording
+    assert {a.name: kinds[a.kind] for a in reword.REWORD.args}.items() <= rewording["arguments"].items()
+    for info in (fetch, rewording):
+        assert [path.rstrip("/") for path in info["menu_paths"]] == ["<Image>/Filters/Underpaint"], info
 
 
 def _rgba(out: Path, name: str, width: int, height: int) -> np.ndarray:
@@ -1467,3 +1490,425 @@ def test_gimp_dialogs_remember_and_point_at_prompt_errors(gimp: GimpEnv, daemon)
     ]
     first, again = (Image.open(out / shot["png"]) for shot in shots[-2:])
     assert again.size[1] > first.size[1], "the message under the prompt makes the dialog taller"
+
+
+# -- issue 9: a daemon lost mid-job, a dropped link, a GIMP restart, keys -----------------------------
+
+LONG_STEPS = 12  # a job still running when the test breaks its link at its first step
+LONG_TOTAL = 10  # the daemon's `total` of such a job is at least this (short test jobs: ~5)
+LOST_WITHIN = 10.0  # s from the link going silent to the call's message: heartbeats (3 s) + 3 s + load
+CLI = [sys.executable, "-m", "underpaint.daemon.cli"]
+FETCH = "plug-in-underpaint-fetch"
+
+
+@contextmanager
+def on_running(
+    endpoint: str, actions: list[Callable[[], object]], **keyed: Any
+) -> Iterator[list[dict[str, Any]]]:
+    """Run `actions` in turn, each once the daemon runs a long job (LONG_STEPS) it had not run
+    before past its first step (watched through `status` from a connection of its own); yields the
+    status entries, each with the wall-clock time `at` its action ran."""
+    from underpaint.protocol import Client
+
+    fired: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with Client(endpoint, timeout=10, **keyed) as client:
+            client.hello("the test's watcher")
+            while len(fired) < len(actions) and not stop.is_set():
+                running = [
+                    entry
+                    for entry in client.status(timeout=10).get("jobs") or []
+                    if entry.get("state") == "running"
+                    and int(entry.get("step") or 0) >= 1
+                    and int(entry.get("total") or 0) >= LONG_TOTAL
+                    and entry["job"] not in {f["job"] for f in fired}
+                ]
+                if running:
+                    fired.append({**running[0], "at": time.time()})
+                    actions[len(fired) - 1]()
+                    continue
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield fired
+    finally:
+        stop.set()
+        thread.join(15)
+
+
+def _long_refine(daemon) -> tuple[request.JobRequest, np.ndarray]:
+    """A Refine long enough to break its link mid-job, and its pixels on a link nobody breaks (the
+    daemon's results are deterministic)."""
+    from underpaint.protocol import Client
+
+    refine = modes.mode_by_key("refine")
+    values = _defaults(refine, steps=LONG_STEPS, strength=1.0, seed=21, prompt="a fox")
+    req = request.build_request(refine, values, _crop_pixels(refine))
+    with Client(daemon.endpoint, timeout=120) as client:
+        client.hello()
+        return req, pixels_of(client.run(req.op, req.params, req.images, timeout=120))
+
+
+def pixels_of(result: dict[str, Any]) -> np.ndarray:
+    image = result["images"][0]
+    return np.frombuffer(bytes(image["data"]), np.uint8).reshape(image["height"], image["width"], 4)
+
+
+def test_the_link_dropped_or_silent_mid_job(daemon) -> None:
+    """Reset (RST) while the job runs: the protocol client reconnects, resumes its session and the
+    wait returns the very result an unbroken link gives. Silent (a pulled cable: no RST, only
+    heartbeats can tell): the wait ends with DaemonLost within seconds, naming Fetch Pending
+    Results; the daemon went on, and a new connection with the session's token gets the result."""
+    req, expected = _long_refine(daemon)
+    with relay(daemon.endpoint) as link, on_running(daemon.endpoint, [link.cut, link.blackhole]) as fired:
+        with job.Session(link.endpoint, protocol=_protocol) as session:
+            result = session.run(req)
+        assert fired and fired[0]["state"] == "running", "the link was cut while the job ran"
+        assert link.opened(fired[0]["at"], time.time()) >= 1, "the client connected again after the cut"
+        assert np.array_equal(pixels_of(result), expected)
+        accepted: list[str] = []
+        session = job.Session(link.endpoint, protocol=_protocol)
+        token = session.token
+        with session, pytest.raises(job.DaemonLost) as lost:
+            session.run(req, on_accepted=lambda job_id, asked: accepted.append(job_id))
+        took = time.time() - link.when("blackhole")
+    assert took < LOST_WITHIN, f"the daemon was noticed lost after {took:.1f} s"
+    message = str(lost.value)
+    assert message.startswith(f"Lost the Underpaint daemon at {link.endpoint}"), message
+    assert "Fetch Pending Results" in message and "after 2 minutes" in message, message
+    with job.Session(daemon.endpoint, protocol=_protocol, session=token) as again:
+        assert again.resumed and accepted[0] in again.jobs()
+        assert np.array_equal(pixels_of(again.wait(job.Waiting(accepted[0]))), expected)
+
+
+def test_a_link_silent_for_a_moment_is_shown_lost_then_back(daemon) -> None:
+    """The link goes silent mid-job and comes back a little later (within the seconds a call waits
+    for it): the progress bar says the daemon was lost, then connected again, and the call gets
+    the very result an unbroken link gives."""
+    req, expected = _long_refine(daemon)
+    texts: list[str] = []
+    lost = "Underpaint: lost the daemon at {}, reconnecting"
+    with relay(daemon.endpoint) as link:
+        back = threading.Timer(0.5, link.restore)  # once the call says it lost the daemon
+
+        def report(fraction: float | None, text: str) -> None:
+            texts.append(text)
+            if text == lost.format(link.endpoint) and back.ident is None:  # not started yet
+                back.start()
+
+        with on_running(daemon.endpoint, [link.blackhole]) as fired:
+            with job.Session(link.endpoint, protocol=_protocol) as session:
+                result = session.run(req, report)
+        back.join()
+        assert fired and fired[0]["state"] == "running", "the link went silent while the job ran"
+        assert link.opened(link.when("restore"), time.time()) >= 1, "the client connected again"
+    lost = lost.format(link.endpoint)
+    again = "Underpaint: connected again, the job goes on"
+    assert lost in texts and again in texts, texts
+    assert texts.index(lost) < texts.index(again) < texts.index("Underpaint: placing the result")
+    assert np.array_equal(pixels_of(result), expected)
+
+
+def test_key_settings_are_checked_before_anything_is_sent(tmp_path: Path) -> None:
+    """Key paths are checked with messages naming the setting; the real keygen files pass."""
+    made = subprocess.run([*CLI, "keygen", str(tmp_path), "--client", "gimp"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    server, pair = str(tmp_path / "server.key"), str(tmp_path / "gimp.key_secret")
+    assert keys.KeyFiles(server, pair).checked() == keys.KeyFiles(server, pair)
+    assert not keys.KeyFiles.from_values({"server-key": "  ", "client-key": ""}).used
+    cases = [
+        (keys.KeyFiles(server, ""), "Client key is empty"),
+        (keys.KeyFiles("", pair), "Server key (the daemon's server.key) is empty"),
+        (keys.KeyFiles(server + "x", pair), f"Server key: the file {server}x does not exist"),
+        (keys.KeyFiles(server, str(tmp_path / "gimp.key")), "not NAME.key"),
+    ]
+    for files, message in cases:
+        with pytest.raises(request.UserError, match=re.escape(message)):
+            files.checked()
+
+
+def test_pending_jobs_are_stored_as_the_image_needs_them() -> None:
+    """What a call stores on its image reads back the same (the selection too); what cannot be read
+    is skipped, not fatal; sessions held by a running call are left alone."""
+    mask = bytes(300) + b"\xff" * 400 + bytes(range(68))  # 32 x 24, mostly runs like a selection
+    first = pending.PendingJob(
+        "j1", "tcp://a:1", "s1", "generate", "generate", "tiny", (4, 5, 32, 24), fit=True,
+        not_sent=("prompt",), sources={"image": "Background"}, anchor=7, mask=mask, sent=10.0,
+    )  # fmt: skip
+    second = pending.PendingJob("j2", "tcp://a:1", "s2", "inpaint", "inpaint", "", (0, 0, 8, 8), sent=5.0)
+    blob = pending.encode([first, second])
+    assert pending.decode(blob) == [first, second]
+    assert len(json.loads(blob)["jobs"][0]["mask"]) < len(mask) / 3, "the selection is compressed"
+    broken = json.loads(blob)
+    broken["jobs"].insert(0, {"job": "j0"})  # a record this version cannot read
+    assert pending.decode(json.dumps(broken).encode()) == [first, second]
+    assert pending.decode(b"not json") == [] and pending.decode(None) == []
+    groups = pending.by_connection([first, second], skip=set())
+    assert list(groups) == [second.connection, first.connection], "oldest first"
+    assert list(pending.by_connection([first, second], skip={"s2"})) == [first.connection]
+    region = Rect(10, 10, 4, 2)
+    over = pending.mask_over(bytes([1, 2, 3, 4, 5, 6, 7, 8]), region, Rect(12, 9, 4, 3))
+    assert over == bytes([0, 0, 0, 0, 3, 4, 0, 0, 7, 8, 0, 0])
+
+
+def _pending_ids(info: dict[str, Any]) -> list[str]:
+    """The job ids stored on a saved image (its `underpaint-pending` parasite)."""
+    stored = info["parasites"].get(pending.PENDING)
+    return [j["job"] for j in json.loads(stored)["jobs"]] if stored else []
+
+
+def _layer(out: Path, row: dict[str, Any]) -> np.ndarray:
+    return _rgba(out, row["pixels"], row["width"], row["height"])
+
+
+def _untouched(out: Path, entry: dict[str, Any]) -> None:
+    """The picture's own layer is byte for byte what it was."""
+    h, w = _original().shape[:2]
+    background = next(r for r in entry["image"]["layers"] if r["name"] == "Background")
+    assert np.array_equal(_rgba(out, background["pixels"], w, h), _original())
+
+
+def test_gimp_keeps_a_job_across_a_lost_link_and_a_restart(gimp: GimpEnv, daemon) -> None:
+    """Through a relay the test breaks: a link reset mid-call resumes and delivers; a link gone
+    silent ends the call within seconds with a message, the job stored on the image; after a GIMP
+    restart, Fetch Pending Results on the saved .xcf places the result, and so does the next Inpaint
+    on it (below its own result), each exactly as an unbroken call would have."""
+    fox = {"steps": LONG_STEPS, "seed": 7, "prompt": "a fox head"}
+    inpaint = modes.mode_by_key("inpaint").procedure
+    with relay(daemon.endpoint) as link:
+        calls = [
+            {"name": "resume", "procedure": inpaint, "selection": SELECTION,
+             "args": {**fox, "endpoint": link.endpoint}},
+            {"name": "lost", "procedure": inpaint, "selection": SELECTION,
+             "args": {**fox, "endpoint": link.endpoint}},
+            {"name": "reference", "procedure": inpaint, "selection": SELECTION,
+             "args": {**fox, "endpoint": daemon.endpoint}},
+        ]  # fmt: skip
+        with on_running(daemon.endpoint, [link.cut, link.blackhole]) as fired:
+            first = gimp.batch("lost-link", calls)
+        link.restore()
+        saved = gimp.inside(first["out"] / "lost.xcf")
+        calls = [
+            {"name": "fetch", "procedure": FETCH, "picture": saved, "selection": None},
+            {"name": "pickup", "procedure": inpaint, "picture": saved, "selection": SELECTION,
+             "args": {"steps": STEPS, "seed": 9, "prompt": "a cat", "endpoint": daemon.endpoint}},
+        ]  # fmt: skip
+        second = gimp.batch("restarted", calls)
+    out, got = first["out"], first["calls"]
+    resume, lost, reference = got["resume"], got["lost"], got["reference"]
+    for entry in (resume, reference):
+        assert entry["success"], f"{entry['error']}\n{first['log']}"
+    assert [f["state"] for f in fired] == ["running", "running"], fired
+    assert link.opened(link.when("cut"), resume["ended_at"]) >= 1, "the plug-in connected again"
+    (expected,) = _results(reference)
+    (resumed,) = _results(resume)
+    assert resumed["name"] == expected["name"] == "Inpaint seed 7 (tiny)"
+    assert np.array_equal(_layer(out, resumed), _layer(out, expected))
+    assert not lost["success"] and lost["status"] == "execution-error", lost
+    assert lost["error"].startswith(f"Lost the Underpaint daemon at {link.endpoint}"), lost["error"]
+    assert "Fetch Pending Results" in lost["error"]
+    took = lost["ended_at"] - link.when("blackhole")
+    assert 0 < took < LOST_WITHIN, f"the call ended {took:.1f} s after the link went silent"
+    assert [r["name"] for r in lost["image"]["layers"]] == ["Background"]
+    (job_id,) = _pending_ids(lost["image"])
+    assert job_id == fired[1]["job"], "the stored job is the one that was running"
+    for entry in (resume, reference, lost):
+        _untouched(out, entry)
+    assert _pending_ids(resume["image"]) == _pending_ids(reference["image"]) == [], "placed: forgotten"
+
+    out2, fetch, pickup = second["out"], second["calls"]["fetch"], second["calls"]["pickup"]
+    assert fetch["success"], f"{fetch['error']}\n{second['log']}"
+    assert fetch["returned"] == [1, 0], "one job placed, none left"
+    (placed,) = _results(fetch)
+    assert {k: placed[k] for k in ("name", "x", "y", "width", "height")} == {
+        k: expected[k] for k in ("name", "x", "y", "width", "height")
+    }
+    assert np.array_equal(_layer(out2, placed), _layer(out, expected)), "as if the call had waited"
+    assert json.loads(placed["parasites"]["underpaint-params"])["job"] == job_id
+    assert pickup["success"], f"{pickup['error']}\n{second['log']}"
+    names = [r["name"] for r in _results(pickup)]
+    assert names == ["Inpaint seed 9 (tiny)", "Inpaint seed 7 (tiny)"], "the earlier job goes below"
+    assert np.array_equal(_layer(out2, _results(pickup)[1]), _layer(out, expected))
+    for entry in (fetch, pickup):
+        assert _pending_ids(entry["image"]) == [], "a placed job is forgotten"
+        _untouched(out2, entry)
+
+
+def _keygen(folder: Path, client: str) -> None:
+    made = subprocess.run([*CLI, "keygen", str(folder), "--client", client], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+
+
+def test_gimp_keys_and_a_daemon_killed_mid_job(gimp: GimpEnv, underpaint_home: Path) -> None:
+    """A daemon with CurveZMQ keys (on loopback: keys work there too) refuses the plug-in without
+    keys and with a key it does not know, each with a message saying what to set; with the right
+    keys, set in the dialog (its keys expander open, photographed), it works, and a dialog never set
+    up starts with that connection. The daemon SIGKILLed mid-job: the call ends within seconds,
+    keeping the job; after the daemon restarts, Fetch Pending Results says the job is lost and
+    forgets it. The picture is never touched."""
+    folder = gimp.work / "curve-keys"
+    _keygen(folder, "gimp")
+    _keygen(gimp.work / "elsewhere", "stranger")  # a valid pair this daemon was never told about
+    server, pair = gimp.inside(folder / "server.key"), gimp.inside(folder / "gimp.key_secret")
+    keyed = {"server-key": server, "client-key": pair}
+    home = gimp.work / "home-keys"  # no last values: the dialogs start from the arguments given
+    shutil.copytree(
+        gimp.home / ".config" / "GIMP" / "3.0" / "plug-ins", home / ".config" / "GIMP" / "3.0" / "plug-ins"
+    )
+    session = replace(gimp, home=home)
+    inpaint, refine = modes.mode_by_key("inpaint").procedure, modes.mode_by_key("refine").procedure
+    fox = {"steps": STEPS, "seed": 7, "prompt": "a fox head"}
+    with running_daemon(keys=folder) as first:
+        calls = [
+            {"name": "no-keys", "procedure": inpaint, "selection": SELECTION,
+             "args": {**fox, "endpoint": first.endpoint}},
+            {"name": "stranger", "procedure": inpaint, "selection": SELECTION,
+             "args": {**fox, "endpoint": first.endpoint, "server-key": server,
+                      "client-key": gimp.inside(gimp.work / "elsewhere" / "stranger.key_secret")}},
+            {"name": "keyed", "procedure": inpaint, "selection": SELECTION, "interactive": True,
+             "args": {**fox, **keyed, "endpoint": first.endpoint}},
+            {"name": "recalled", "procedure": refine, "selection": SELECTION, "interactive": True,
+             "args": {**fox, "seed": 8}},
+            {"name": "killed", "procedure": inpaint, "selection": SELECTION,
+             "args": {**fox, **keyed, "steps": LONG_STEPS, "endpoint": first.endpoint}},
+        ]  # fmt: skip
+        answers = {"Underpaint Inpaint": "Return", "Underpaint Refine": "Return"}
+        watcher = {"server_key": folder / "server.key", "client_key": folder / "gimp.key_secret"}
+        with on_running(first.endpoint, [first.process.kill], **watcher) as fired:
+            result = session.batch("keyed-daemon", calls, dialogs=answers)
+        first.process.wait(30)
+    with running_daemon(keys=folder, endpoint=first.endpoint) as again:
+        saved = gimp.inside(result["out"] / "killed.xcf")
+        later = session.batch("after-restart", [{"name": "fetch", "procedure": FETCH, "picture": saved}])
+        assert again.alive()
+    out, got = result["out"], result["calls"]
+    no_keys, stranger, killed = got["no-keys"], got["stranger"], got["killed"]
+    assert not no_keys["success"], no_keys
+    assert no_keys["error"].startswith(f"The Underpaint daemon at {first.endpoint} uses CurveZMQ keys")
+    assert "set Server key to that daemon's server.key" in no_keys["error"] and no_keys["seconds"] < 8
+    assert not stranger["success"], stranger
+    assert stranger["error"].startswith(f"The Underpaint daemon at {first.endpoint} refused the connection")
+    assert "authorized/" in stranger["error"] and stranger["seconds"] < 8, stranger
+    for name in ("keyed", "recalled"):
+        assert got[name]["success"], f"{name}: {got[name]['error']}\n{result['log']}"
+    assert [r["name"] for r in _results(got["keyed"])] == ["Inpaint seed 7 (tiny)"]
+    assert [r["name"] for r in _results(got["recalled"])] == ["Refine seed 8 (tiny)"], "the keyed daemon"
+    shots = json.loads((out / "dialogs.json").read_text())["dialogs"]
+    assert [shot["title"] for shot in shots] == ["Underpaint Inpaint", "Underpaint Refine"]
+    for shot in shots:
+        x, y, w, h = shot["geometry"]
+        assert h <= 900 and Image.open(out / shot["png"]).size == (w, h), shot
+    assert fired and fired[0]["state"] == "running"
+    assert not killed["success"] and killed["error"].startswith("Lost the Underpaint daemon"), killed
+    took = killed["ended_at"] - fired[0]["at"]
+    assert 0 < took < LOST_WITHIN, f"the call ended {took:.1f} s after the daemon was killed"
+    assert _pending_ids(killed["image"]) == [fired[0]["job"]]
+    for entry in (no_keys, stranger, got["keyed"], got["recalled"], killed):
+        _untouched(out, entry)
+    fetch = later["calls"]["fetch"]
+    assert not fetch["success"] and "lost: the daemon at" in fetch["error"], fetch
+    assert "restarted since" in fetch["error"] and "Inpaint (default preset)" in fetch["error"]
+    assert [r["name"] for r in fetch["image"]["layers"]] == ["Background"]
+    assert _pending_ids(fetch["image"]) == [], "a lost job is forgotten"
+    _untouched(later["out"], fetch)
+
+
+# -- issue 11: Reword a Generate result --------------------------------------------------------------
+
+REWORD = reword.REWORD.procedure
+FOX = {"prompt": "a red fox", "steps": STEPS, "seed": 3, "width": 64, "height": 64}
+FOX_SELECTION = ["ellipse", 100, 40, 64, 64, 0]  # 64 x 64: Generate paints it at its own size
+
+
+def test_reword_requests_and_their_messages() -> None:
+    """What a Reword sends comes from the layer's stored run; what cannot be reworded says why."""
+    stored = {"op": "txt2img", "model": "tiny", "seed": 3, "job": "j1",
+              "params": {"prompt": "a red fox", "steps": 4, "seed": 9, "variations": 2, "rank": False,
+                         "output_format": "raw", "guidance_scale": 7.5}}  # fmt: skip
+    blob = json.dumps(stored).encode()
+    assert reword.source_of(blob, "Generate seed 3 (tiny)") == stored
+    weights = reword.parse_weights(" fox = 1.5, red hat:0.5 ,")
+    assert weights == {"fox": 1.5, "red hat": 0.5}
+    req = reword.build(stored, " a blue fox ", "replace", weights)
+    assert (req.op, req.model) == ("reword", "tiny")
+    assert req.params == {"prompt": "a red fox", "steps": 4, "seed": 3, "guidance_scale": 7.5,
+                          "op": "txt2img", "new_prompt": "a blue fox", "edit": "replace",
+                          "weights": weights}  # fmt: skip
+    assert reword.build(stored, "", "reweight", {"fox": 2.0}).params["new_prompt"] is None
+    refusals = [
+        (lambda: reword.source_of(None, "Background"), "'Background' is not an Underpaint result"),
+        (lambda: reword.source_of(b"{", "X"), "unreadable underpaint-params"),
+        (lambda: reword.source_of(json.dumps({**stored, "op": "inpaint"}).encode(), "I"), "made by inpaint"),
+        (lambda: reword.parse_weights("fox"), "cannot read 'fox'; write word=weight"),
+        (lambda: reword.parse_weights("fox=11"), "fox=11 is outside 0 … 10"),
+        (lambda: reword.build(stored, "", "auto", {}), "needs an edited prompt or word weights"),
+    ]
+    for call, message in refusals:
+        with pytest.raises(request.UserError, match=re.escape(message)):
+            call()
+
+
+def _client_reword(endpoint: str) -> np.ndarray:
+    """The edited picture straight from the daemon, for the same source run (deterministic)."""
+    from underpaint.protocol import Client
+
+    params = {"op": "txt2img", **FOX, "new_prompt": "a blue fox", "edit": "auto"}
+    with Client(endpoint, timeout=120) as client:
+        client.hello()
+        return pixels_of(client.run("reword", params, {}, timeout=120))
+
+
+def test_gimp_reword_adds_the_edit_above_its_source(gimp: GimpEnv, daemon) -> None:
+    """Reword on a Generate result layer: a new layer right above it, at its place and masked like it,
+    holding the daemon's edited picture; the source and the picture untouched. A layer Underpaint
+    did not make is refused. Then interactively, from the saved .xcf: the dialog starts with the
+    layer's prompt shown (photographed) and the edit arrives the same."""
+    generate = modes.mode_by_key("generate").procedure
+    source = "Generate seed 3 (tiny)"
+    edit = {"new-prompt": "a blue fox", "endpoint": daemon.endpoint}
+    calls = [
+        {"name": "reword", "procedure": generate, "selection": FOX_SELECTION,
+         "args": {**FOX, "endpoint": daemon.endpoint},
+         "then": [{"procedure": REWORD, "drawables": f"named:{source}", "args": edit},
+                  {"procedure": REWORD, "drawables": "picture", "args": edit}]},
+        {"name": "generated", "procedure": generate, "selection": FOX_SELECTION,
+         "args": {**FOX, "endpoint": daemon.endpoint}},
+    ]  # fmt: skip
+    first = gimp.batch("reword", calls)
+    out, entry, generated = first["out"], first["calls"]["reword"], first["calls"]["generated"]
+    again = gimp.batch(
+        "reword-dialog",
+        [{"name": "dialog", "procedure": REWORD, "picture": gimp.inside(out / "generated.xcf"),
+          "drawables": f"named:{source}", "selection": None, "interactive": True, "args": edit}],
+        dialogs={"Underpaint Reword": "Return"},
+    )  # fmt: skip
+    assert entry["success"] and generated["success"], entry["error"] or generated["error"]
+    worded, refused = entry["then"]
+    assert worded["success"], f"{worded['error']}\n{first['log']}"
+    assert not refused["success"] and "'Background' is not an Underpaint result" in refused["error"]
+    expected = _client_reword(daemon.endpoint)
+    (reference,) = _results(generated)
+    for done, where in ((entry, out), (again["calls"]["dialog"], again["out"])):
+        assert done["success"], f"{done['error']}\n{again['log']}"
+        top, below = _results(done)
+        assert (top["name"], below["name"]) == ("Reword seed 3 (tiny)", source), "right above its source"
+        geometry = ("x", "y", "width", "height")
+        assert [top[k] for k in geometry] == [below[k] for k in geometry] == [reference[k] for k in geometry]
+        assert np.array_equal(_layer(where, top), expected), "the daemon's edited picture, placed as is"
+        assert not np.array_equal(expected, _layer(where, below)), "the edit changed the picture"
+        assert np.array_equal(_layer(where, below), _layer(out, reference)), "the source is untouched"
+        assert top["mask"] and below["mask"]
+        masks = [_gray(where, row["mask_pixels"], row["width"], row["height"]) for row in (top, below)]
+        assert np.array_equal(*masks) and 0 < masks[0].mean() < 255, "masked like its source (an ellipse)"
+        stored = json.loads(top["parasites"]["underpaint-params"])
+        assert stored["op"] == "reword" and stored["params"]["new_prompt"] == "a blue fox"
+        assert stored["params"]["edit"] == "replace" and stored["params"]["prompt"] == "a red fox"
+        assert stored["source"]["job"] == json.loads(below["parasites"]["underpaint-params"])["job"]
+        _untouched(where, done)
+    (shot,) = json.loads((again["out"] / "dialogs.json").read_text())["dialogs"]
+    x, y, w, h = shot["geometry"]
+    assert shot["title"] == "Underpaint Reword" and h <= 900 and w <= 1000, shot

@@ -15,6 +15,7 @@ import configparser
 import importlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -44,6 +45,7 @@ KRITA_TIMEOUT = 240.0  # s for one Krita run, scenario included (5-50 s here; ~1
 
 sys.path.insert(0, str(SCENARIOS))
 kra = importlib.import_module("kra")
+relay_mod = importlib.import_module("relay")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -342,6 +344,89 @@ def test_job_state_machine(plugin: Any) -> None:
     assert failed.state is jobs.JobState.FAILED and failed.error_code == "invalid_value"
 
 
+def test_pending_store_keeps_jobs_across_restarts(plugin: Any, tmp_path: Path) -> None:
+    """The file that carries the session token and unfinished jobs over a Krita restart: written at
+    once, owner-only, shared by two stores (two windows), tolerant of junk, old records dropped."""
+    pending = sub(plugin, "pending")
+    path = tmp_path / "krita" / "underpaint-pending.json"
+    now = [1_000_000.0]
+    store = pending.PendingStore(path, clock=lambda: now[0])
+    assert store.jobs == {} and store.session("tcp://a") is None  # no file yet: nothing, no error
+    mask = bytes(range(256)) * 4
+    record = pending.PendingJob(
+        job="j1",
+        endpoint="tcp://a",
+        session="tok",
+        document="/pictures/fox.kra",
+        label="Inpaint",
+        form={"mode": "inpaint", "seed": 5},
+        region=[1, 2, 32, 32],
+        size=[64, 64],
+        mask=pending.encode_mask(mask),
+        submitted=now[0],
+    )
+    store.set_session("tcp://a", "tok")
+    store.put(record)
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
+
+    other = pending.PendingStore(path, clock=lambda: now[0])  # what a restarted Krita reads
+    assert other.session("tcp://a") == "tok" and other.session("tcp://b") is None
+    [again] = other.of_session("tcp://a", "tok")
+    assert again == record and again.mask_bytes() == mask
+    assert other.of_session("tcp://a", "other-token") == [] and other.of_session("tcp://b", "tok") == []
+
+    store.move("j1", "/pictures/fox-v2.kra")  # Save As while it ran
+    other.put(pending.PendingJob("j2", "tcp://a", "tok", "", "Refine", {}, [0, 0, 8, 8], submitted=now[0]))
+    store.load()  # the second store's write did not drop the first one's move
+    assert store.jobs["j1"].document == "/pictures/fox-v2.kra" and set(store.jobs) == {"j1", "j2"}
+    store.remove("j1")
+    assert set(pending.PendingStore(path, clock=lambda: now[0]).jobs) == {"j2"}
+
+    now[0] += pending.MAX_AGE_S + 1  # a week later no daemon keeps the result: dropped when read
+    assert pending.PendingStore(path, clock=lambda: now[0]).jobs == {}
+    path.write_text("{not json")
+    assert pending.PendingStore(path).jobs == {}
+    path.write_text(json.dumps({"format": pending.FORMAT, "jobs": {"x": {"job": "x"}, "y": 3}}))
+    assert pending.PendingStore(path).jobs == {}  # records without their fields are skipped
+    assert pending.same_file(str(path), str(path.parent / "." / path.name)) and not pending.same_file("", "")
+
+
+def test_reword_request_from_a_record(plugin: Any) -> None:
+    """Reword's pure part: which records can be reworded, word weights as typed, the request."""
+    rt = sub(plugin, "reword_text")
+    params = {"prompt": "a red fox", "seed": 5, "steps": 4, "width": 64, "height": 64, "scheduler": None}
+    record = {"op": "txt2img", "preset": "tiny", "params": params}
+    tiny = {"name": "tiny", "ops": ["txt2img", "reword"]}
+    assert rt.reword_problem(record, tiny) is None and rt.reword_problem(record, None) is None
+    assert "Pick an Underpaint result" in rt.reword_problem(None, tiny)
+    assert "made by inpaint" in rt.reword_problem({**record, "op": "inpaint"}, tiny)
+    assert "cannot reword" in rt.reword_problem(record, {"name": "if", "ops": ["txt2img"]})
+    assert "no model 'tiny'" in rt.reword_problem(record, {})
+    assert "no prompt" in rt.reword_problem({**record, "params": {"prompt": ""}}, tiny)
+
+    assert rt.parse_weights("") == {}
+    assert rt.parse_weights(" snow: 2, red fox : 0.5; sky:0 ") == {"snow": 2.0, "red fox": 0.5, "sky": 0.0}
+    for bad, why in (("snow", "word: weight"), ("snow: lots", "not a number"), ("snow: 11", "0 … 10")):
+        with pytest.raises(ValueError, match=why):
+            rt.parse_weights(bad)
+    assert rt.format_weights({"snow": 2.0, "fox": 0.5}) == "snow: 2, fox: 0.5"
+
+    spec = {"params": {k: {} for k in ("op", "prompt", "seed", "steps", "new_prompt", "edit", "weights")}}
+    sent = rt.reword_params(record, "a blue fox", "replace", {"fox": 2.0}, spec)
+    assert sent == {
+        "op": "txt2img",
+        "prompt": "a red fox",
+        "seed": 5,
+        "steps": 4,
+        "new_prompt": "a blue fox",
+        "edit": "replace",
+        "weights": {"fox": 2.0},
+    }
+    unfiltered = rt.reword_params(record, "a blue fox", "auto", {}, None)
+    assert unfiltered["width"] == 64 and unfiltered["variations"] == 1 and "scheduler" not in unfiltered
+    assert record["params"] == params  # the stored record is not changed
+
+
 def test_presets_follow_the_daemon(plugin: Any, daemon: Any) -> None:
     """Against a real daemon's welcome: the modes each preset offers, the reasons for the others, and
     params built for every (preset, mode) that the daemon accepts as they are (queued behind a long
@@ -527,6 +612,112 @@ def test_connection_against_daemon(plugin: Any, daemon: Any) -> None:
         conn.close()
 
 
+def _daemon_said(daemon: Any, text: str, timeout: float, tick: Callable[[], None] = lambda: None) -> None:
+    """Wait until the daemon's log has `text` (ticking a connection meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while text not in daemon.log():
+        assert time.monotonic() < deadline, f"the daemon never logged {text!r}:\n{daemon.log()[-3000:]}"
+        tick()
+        time.sleep(0.02)
+
+
+def _small_job(conn: Any, steps: int = 12, seed: int = 3) -> Any:
+    image = {"width": 96, "height": 96, "channels": 4, "data": bytes(96 * 96 * 4)}
+    mask = {"width": 96, "height": 96, "channels": 1, "data": bytes([255]) * (96 * 96)}
+    params = {"steps": steps, "seed": seed, "resolution": 128}
+    return conn.submit("inpaint", params, {"image": image, "mask": mask}, preview=False)
+
+
+def test_connection_survives_a_silent_link(plugin: Any, daemon: Any) -> None:
+    """A network that drops every packet mid-job: the Connection says the daemon is lost within ~3 s
+    (heartbeats), keeps the job, and when the link is back resumes the session and gets the result
+    that finished meanwhile."""
+    conn_mod = sub(plugin, "connection")
+    host, port = daemon.endpoint.rsplit("/", 1)[-1].split(":")
+    relay = relay_mod.Relay((host, int(port)))
+    conn = conn_mod.Connection(relay.endpoint)
+    conn.start()
+    try:
+        _tick_until(conn, lambda: conn.state is conn_mod.ConnState.CONNECTED, 20, "CONNECTED")
+        session = conn.session
+        job = _small_job(conn, steps=8)
+        _tick_until(conn, lambda: job.step >= 1, 60, "the job to run")
+        relay.silence()
+        t0 = time.monotonic()
+        _tick_until(conn, lambda: conn.state is conn_mod.ConnState.LOST, 10, "the lost link to show")
+        lost_after = time.monotonic() - t0
+        assert lost_after < 4.5, f"the silent daemon was noticed after {lost_after:.1f} s"
+        assert "Lost the Underpaint daemon" in conn.describe() and "resume" in conn.describe()
+        _daemon_said(daemon, f"job {job.job_id} done", 120, conn.tick)  # it finished while we were away
+        assert not job.finished and job.state.value == "running", job.state
+        relay.restore()
+        _tick_until(conn, lambda: job.finished, 60, "the result after the link came back")
+        assert job.state.value == "done" and job.result["images"][0]["seed"] == 3
+        assert conn.state is conn_mod.ConnState.CONNECTED and conn.welcome["resumed"] is True
+        assert conn.session == session
+    finally:
+        conn.close(wait=0)
+        relay.close()
+
+
+def test_connection_new_socket_mid_job_resumes(plugin: Any, daemon: Any) -> None:
+    """Connect pressed again mid-job (same daemon, same keys): a new socket takes the session over and
+    the running job's result still arrives on it; the daemon does not cancel it."""
+    conn_mod = sub(plugin, "connection")
+    conn = conn_mod.Connection(daemon.endpoint)
+    conn.start()
+    try:
+        _tick_until(conn, lambda: conn.state is conn_mod.ConnState.CONNECTED, 20, "CONNECTED")
+        session, first_client = conn.session, conn._client
+        job = _small_job(conn, steps=10, seed=21)
+        _tick_until(conn, lambda: job.step >= 1, 60, "the job to run")
+        conn.set_endpoint(daemon.endpoint, force=True)
+        assert conn._client is not first_client and not job.finished
+        _tick_until(conn, lambda: job.finished, 60, "the result on the new socket")
+        assert job.state.value == "done" and job.result["images"][0]["seed"] == 21, job.message
+        assert conn.welcome["resumed"] is True and conn.session == session
+        assert not re.search(rf"job {job.job_id} (cancelled|stopped)", daemon.log())
+    finally:
+        conn.close(wait=0)
+
+
+def test_connection_resumes_a_session_after_a_restart(plugin: Any, daemon: Any) -> None:
+    """What a Krita restart does: a job is left running (kept), a new Connection resumes the session
+    from its token and adopts the job by id: its result is fetched. An unknown token loses the job."""
+    conn_mod = sub(plugin, "connection")
+    first = conn_mod.Connection(daemon.endpoint)
+    first.start()
+    try:
+        _tick_until(first, lambda: first.state is conn_mod.ConnState.CONNECTED, 20, "CONNECTED")
+        job = _small_job(first, steps=6, seed=9)
+        _tick_until(first, lambda: job.job_id is not None, 20, "accepted")
+        token = first.session
+    finally:
+        first.close(wait=0, keep=lambda job: True)  # Krita quits: the job goes on
+    _daemon_said(daemon, f"job {job.job_id} done", 120)
+    assert f"job {job.job_id} cancelled" not in daemon.log()
+    for attempt in ("delivered after the welcome", "fetched again"):
+        tokens: list[str] = []
+        again = conn_mod.Connection(daemon.endpoint, session=token, on_session=tokens.append)
+        adopted = again.adopt(job.job_id, "inpaint")
+        again.start()
+        try:
+            _tick_until(again, lambda j=adopted: j.finished, 30, f"the adopted job's result ({attempt})")
+            assert adopted.state.value == "done", (attempt, adopted.message)
+            assert adopted.result["images"][0]["seed"] == 9 and tokens == [token]
+        finally:
+            again.close(wait=0)
+
+    stranger = conn_mod.Connection(daemon.endpoint, session="not-a-session")
+    lost = stranger.adopt(job.job_id, "inpaint")
+    stranger.start()
+    try:
+        _tick_until(stranger, lambda: lost.finished, 30, "the job of an unknown session to be lost")
+        assert lost.error_code == "job_lost" and "restarted" in lost.message
+    finally:
+        stranger.close(wait=0)
+
+
 def test_install_plugin_layout_and_zip(tmp_path: Path) -> None:
     """install-plugin krita and --zip ship the same files; Krita's own importer accepts the zip."""
     home = tmp_path / "home"
@@ -695,13 +886,19 @@ def run_krita(
     extra_env: dict[str, str] | None = None,
     on_poll: Callable[[], None] | None = None,
     keep_settings: bool = False,
+    keep_pending: bool = False,
+    daemon: Any = None,
 ) -> dict[str, Any]:
     """Run full Krita under Xvfb with the scenario; return its result.json, or fail with the logs.
 
-    The docker keeps its form in kritarc: each run starts from the default form unless `keep_settings`."""
+    The docker keeps its form in kritarc: each run starts from the default form unless `keep_settings`;
+    and jobs left running at a quit in a file beside it: forgotten unless `keep_pending`. A failure
+    shows the end of `daemon`'s log too, when given."""
     out.mkdir(parents=True, exist_ok=True)
     if not keep_settings:
         _forget_form_settings(home)
+    if not keep_pending:
+        pending_file(home).unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(config))
     env = _user_env(home)
     env.update(
@@ -711,33 +908,44 @@ def run_krita(
         **(extra_env or {}),
     )
     log_path = out / "krita-output.log"
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"]
     t0 = time.monotonic()
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out, start_new_session=True
-        )
-        try:
-            while proc.poll() is None:
-                if on_poll is not None:
-                    on_poll()
-                if time.monotonic() - t0 > KRITA_TIMEOUT:
-                    break
-                time.sleep(0.1)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # our own process group: xvfb-run, Xvfb, krita
-                proc.wait()
-                _fail_with_logs(out, f"Krita did not quit within {KRITA_TIMEOUT:g} s")
+    for attempt in range(3):  # another Xvfb may take the display xvfb-run -a picked (a race): again
+        # -a looks for a free display from -n on: a random start keeps parallel runs apart
+        display = str(random.randrange(200, 30000))
+        cmd = ["xvfb-run", "-a", "-n", display, "-s", "-screen 0 1280x1024x24", "krita", "--nosplash"]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out, start_new_session=True
+            )
+            try:
+                while proc.poll() is None:
+                    if on_poll is not None:
+                        on_poll()
+                    if time.monotonic() - t0 > KRITA_TIMEOUT:
+                        break
+                    time.sleep(0.1)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)  # our own process group: xvfb-run, Xvfb, krita
+                    proc.wait()
+                    _fail_with_logs(out, f"Krita did not quit within {KRITA_TIMEOUT:g} s", daemon)
+        started = (out / "scenario.log").exists() or (out / "result.json").exists()
+        if started or b"could not connect to display" not in log_path.read_bytes() or attempt == 2:
+            break
     result_path = out / "result.json"
     if not result_path.exists():
-        _fail_with_logs(out, f"Krita exited ({proc.returncode}) without writing result.json")
+        _fail_with_logs(out, f"Krita exited ({proc.returncode}) without writing result.json", daemon)
     result = json.loads(result_path.read_text())
     if not result.get("ok"):
-        _fail_with_logs(out, f"the scenario failed:\n{result.get('error')}")
+        _fail_with_logs(out, f"the scenario failed:\n{result.get('error')}", daemon)
     result["wall_seconds"] = round(time.monotonic() - t0, 1)
     print(f"{scenario}: Krita ran {result['wall_seconds']} s (scenario {result['seconds']} s)")
     return result
+
+
+def pending_file(home: Path) -> Path:
+    """Where the docker keeps the session token and the jobs a restart must not lose."""
+    return home / ".local" / "share" / "krita" / "underpaint-pending.json"
 
 
 def _forget_form_settings(home: Path) -> None:
@@ -754,14 +962,15 @@ def _forget_form_settings(home: Path) -> None:
     kritarc.write_text("".join(kept), encoding="utf-8")
 
 
-def _fail_with_logs(out: Path, why: str) -> None:
+def _fail_with_logs(out: Path, why: str, daemon: Any = None) -> None:
     def tail(name: str, n: int = 6000) -> str:
         path = out / name
         return path.read_text(errors="replace")[-n:] if path.exists() else "(none)"
 
+    daemon_log = f"--- daemon log ---\n{daemon.log()[-4000:]}\n" if daemon is not None else ""
     pytest.fail(
         f"{why}\n--- scenario.log ---\n{tail('scenario.log')}\n"
-        f"--- Krita output ---\n{tail('krita-output.log')}\n(files in {out})",
+        f"--- Krita output ---\n{tail('krita-output.log')}\n{daemon_log}(files in {out})",
         pytrace=False,
     )
 
@@ -943,7 +1152,8 @@ def test_krita_docker_session(krita_home: Path, daemon: Any, inputs: dict[str, A
 
 
 def test_krita_reconnect_and_cancel_on_close(krita_home: Path, underpaint_home: Path, tmp_path: Path) -> None:
-    """Daemon down -> message; daemon up -> reconnect; closing the document or Krita cancels the job."""
+    """Daemon down -> message; daemon up -> reconnect; closing a never-saved document, or quitting Krita
+    with one, cancels its job (its result would have nowhere to go; saved ones go on: restart test)."""
     from underpaint.daemon.commands.launch import running_daemon
     from underpaint.protocol import Client
 
@@ -990,6 +1200,244 @@ def test_krita_reconnect_and_cancel_on_close(krita_home: Path, underpaint_home: 
         log = started[0].log()
         # "cancelled" (queued) or "stopped (client)" (running): the daemon dropped it for the client
         assert re.search(rf"job {quit_job} (cancelled|stopped \(client\))", log), log[-3000:]
+
+
+def _keygen(folder: Path, *names: str) -> None:
+    for name in names:
+        made = subprocess.run([*_underpaint(), "keygen", str(folder), "--client", name], capture_output=True)
+        assert made.returncode == 0, made.stderr
+
+
+def _forget_keys(home: Path) -> None:
+    """Drop the key paths a scenario saved (the other scenarios talk to daemons without keys)."""
+    kritarc = home / ".config" / "kritarc"
+    lines = kritarc.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if not line.startswith(("server_key=", "client_key="))]
+    kritarc.write_text("".join(kept), encoding="utf-8")
+
+
+def test_krita_keys_and_a_dropped_link(
+    krita_home: Path, underpaint_home: Path, inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 9 in real Krita: a daemon with keys refuses the docker without them (saying what to set)
+    and with an unknown key, and serves it with the right pair; a link that goes silent mid-job shows
+    as lost within ~3 s and the result still arrives once it is back; a daemon killed mid-job shows at
+    once, and after a new daemon starts the job is reported lost and nothing is added."""
+    from underpaint.daemon.commands.launch import running_daemon
+
+    out, keys = tmp_path / "link", tmp_path / "keys"
+    _keygen(keys, "painter", "stranger")
+    (keys / "authorized" / "stranger.key").unlink()  # a valid pair the daemon does not know
+    port = _free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    relay = relay_mod.Relay(("127.0.0.1", port))
+    config = {
+        "endpoint": relay.endpoint,
+        "server_key": str(keys / "server.key"),
+        "client_key": str(keys / "painter.key_secret"),
+        "stranger_key": str(keys / "stranger.key_secret"),
+        "picture": str(PICTURE),
+        "mask": str(inputs["folder"] / "mask.raw"),
+        "kra": str(out / "link.kra"),
+        "steps": 30,  # long enough that it is still running when the link goes silent
+    }
+    with ExitStack() as stack:
+        stack.callback(relay.close)
+        stack.callback(_forget_keys, krita_home)
+        daemons = [stack.enter_context(running_daemon(endpoint=endpoint, keys=keys))]
+        seen: dict[str, Any] = {}
+
+        def on_poll() -> None:
+            silence, kill = out / "silence", out / "kill"
+            if silence.exists() and "silenced" not in seen:
+                relay.silence()
+                seen["silenced"] = silence.read_text()
+            if "silenced" in seen and "restored" not in seen and (out / "silence.seen").exists():
+                if f"job {seen['silenced']} done" in daemons[-1].log():  # it finished while cut off
+                    relay.restore()
+                    seen["restored"] = time.monotonic()
+            if kill.exists() and "killed" not in seen:
+                seen["killed"] = kill.read_text()
+                daemons[-1].process.kill()
+                daemons[-1].process.wait()
+            if "killed" in seen and len(daemons) == 1 and (out / "kill.seen").exists():
+                daemons.append(stack.enter_context(running_daemon(endpoint=endpoint, keys=keys)))
+
+        res = run_krita(krita_home, "scenario_link.py", out, config, on_poll=on_poll)["results"]
+        assert res.get("dialogs") is None, res.get("dialogs")
+
+        # Keys: the status line says what is wrong and where to fix it; Generate is off meanwhile.
+        no_keys, stranger, missing = res["no_keys"], res["stranger"], res["missing"]
+        assert "needs keys" in no_keys["status"] and "Advanced > Daemon" in no_keys["status"], no_keys
+        assert "underpaint keygen" in no_keys["status"] and no_keys["seconds"] < 5
+        assert "refused this plugin's keys" in stranger["status"] and "authorized" in stranger["status"]
+        assert "Cannot use the keys" in missing["status"] and ".missing" in missing["status"], missing
+        for seen_state in (no_keys, stranger, missing):
+            assert seen_state["generate"][0] is False and "Off:" in seen_state["generate"][1]
+        assert f"Connected to Underpaint {DAEMON_VERSION}" in res["connected"]
+        assert res["settings"] == {"server_key": config["server_key"], "client_key": config["client_key"]}
+        layout = res["keys_layout"]  # Advanced open at Krita's default docker size (keys.png)
+        assert layout["hscroll"] == 0 and layout["body_width"] <= layout["viewport_width"], layout
+        assert layout["keys_shown"] and layout["untipped"] == [], layout
+        log = daemons[0].log()
+        assert "hello from underpaint-krita" in log and "session resumed" in log
+
+        # The silent link: lost within ~3 s (heartbeats), the job waited, the result came after it.
+        silent = res["silent"]
+        assert silent["seconds"] < 4.5, f"the silent link was noticed after {silent['seconds']} s"
+        assert "Lost the Underpaint daemon" in silent["status"] and silent["busy"], silent
+        assert "out of reach" in silent["line"] and not silent["generate"]
+        assert silent["job_state"] in ("queued", "running")
+        entry = res["silent_entry"]
+        assert entry["state"] == "done" and entry["seed"] == 77, entry
+        assert "added 1 layer" in res["silent_message"] and res["resumed"]
+        assert f"Connected to Underpaint {DAEMON_VERSION}" in res["back_status"]
+
+        # The killed daemon: lost at once; the new daemon does not know the job: lost, nothing added.
+        killed = res["killed"]
+        assert killed["seconds"] < 3.5, killed
+        assert res["killed_entry"]["state"] == "failed" and res["killed_entry"]["error_code"] == "job_lost"
+        assert "restarted" in res["killed_message"] and "lost" in res["killed_message"]
+        assert res["killed_layers"]["before"] == res["killed_layers"]["after"] and res["previews"] == []
+        assert f"Connected to Underpaint {DAEMON_VERSION}" in res["after_restart_status"]
+        assert len(daemons) == 2 and "killed" in seen
+
+    # The saved document: the picture untouched, one result inside the selection, no preview left.
+    doc = kra.read_kra(Path(config["kra"]))
+    picture, mask = inputs["picture"], inputs["mask"]
+    assert np.array_equal(doc.pixels(doc.find("Background"))[..., [2, 1, 0, 3]], picture)
+    group = doc.find("Underpaint")
+    assert [layer.name for layer in group.children] == ["Inpaint #77 (tiny): a quiet fox"]
+    alpha = doc.pixels(group.children[0])[..., 3]
+    assert alpha.any() and not alpha[mask == 0].any()
+    assert not any(layer.name == "Underpaint preview" for layer in doc.all_layers())
+
+
+def test_krita_restart_mid_job_delivers_the_layer(
+    krita_home: Path, daemon: Any, inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 9 in real Krita: quit Krita mid-job (document not saved); the job finishes with nobody
+    connected; a new Krita resumes the session from the kept token and, once the file is opened,
+    places the result as if the job had just finished. Closing a saved document mid-job frees the
+    docker; reopening the file places that result too. Nothing of the picture changes."""
+    out = tmp_path / "restart"
+    out.mkdir()
+    picture = out / "kept-fox.png"
+    shutil.copy2(PICTURE, picture)
+    config = {
+        "endpoint": daemon.endpoint,
+        "picture": str(picture),
+        "mask": str(inputs["folder"] / "mask.raw"),
+        "kra": str(out / "kept-fox.kra"),
+        "png": str(out / "kept-fox-merged.png"),
+        "steps": 200,  # still running when Krita quits (or the document closes), on a fast machine too
+    }
+    quit_config = {**config, "phase": "quit"}
+    first = run_krita(krita_home, "scenario_restart.py", out / "quit", quit_config, daemon=daemon)["results"]
+    job = first["job"]
+    assert not first["finished_at_quit"], "the job ended before Krita quit: the test proves nothing"
+    kept_file = Path(first["store_path"])
+    assert kept_file == pending_file(krita_home)
+    assert kept_file.stat().st_mode & 0o077 == 0, "the session token is a secret: owner only"
+    stored = json.loads(kept_file.read_text())
+    assert stored["sessions"] == {daemon.endpoint: first["session"]}
+    record = stored["jobs"][job]
+    assert record["document"] == str(picture) and record["session"] == first["session"]
+    assert record["form"]["seed"] == 4321 and record["label"] == "Inpaint" and record["anchor"]
+    _daemon_said(daemon, f"job {job} done", 200)  # it finishes with no Krita connected
+    assert not re.search(rf"job {job} (cancelled|stopped)", daemon.log()), "quitting cancelled the job"
+
+    res = run_krita(
+        krita_home,
+        "scenario_restart.py",
+        out / "resume",
+        {**config, "phase": "resume"},
+        keep_pending=True,
+        daemon=daemon,
+    )["results"]
+    assert res.get("dialogs") is None, res.get("dialogs")
+    assert res["resumed"] and res["session"] == first["session"]
+    assert daemon.log().count("(session resumed)") >= 1
+    assert res["waiting"] == [job] and "kept-fox.png" in res["waiting_message"], res["waiting_message"]
+    assert "is ready" in res["waiting_message"] and job in res["store_waiting"]["jobs"]
+    assert res["first_layers"] == ["Inpaint #4321 (tiny): a patient fox"], res["first_layers"]
+    assert (
+        "added 1 layer" in res["placed_message"] and "went on while Krita was closed" in res["placed_message"]
+    )
+    assert res["active"] == "Background" and res["history_title"] == "History (1)"
+    assert res["first_entry"]["state"] == "done" and res["first_entry"]["job"] == job
+
+    refine = res["refine_job"]
+    assert not res["refine_finished_at_close"], "the job ended before its document was closed"
+    assert "kept-fox.kra was closed" in res["closed_message"] and "open" in res["closed_message"]
+    assert "A job is running" not in res["closed_generate_tip"]  # the docker is free for new jobs
+    assert res["store_parked"]["jobs"][refine]["document"] == config["kra"]
+    assert "added 1 layer" in res["reopened_message"] and "was closed" in res["reopened_message"]
+    assert res["previews"] == [] and res["store_end"]["jobs"] == {}
+    assert res["saved"] and res["saved_again"] and res["exported"]
+
+    # The saved file: the picture untouched, both results in the group, inside the selection, recorded.
+    doc = kra.read_kra(Path(config["kra"]))
+    original, mask = inputs["picture"], inputs["mask"]
+    assert np.array_equal(doc.pixels(doc.find("Background"))[..., [2, 1, 0, 3]], original)
+    group = doc.find("Underpaint")
+    names = [layer.name for layer in group.children]
+    assert names == ["Inpaint #4321 (tiny): a patient fox", "Refine #99 (tiny): a patient fox"], names
+    records = json.loads(doc.annotations["underpaint"])["layers"]
+    for layer in group.children:
+        alpha = doc.pixels(layer)[..., 3]
+        assert alpha.any() and not alpha[mask == 0].any(), layer.name
+        assert records[layer.uuid]["name"] == layer.name and records[layer.uuid]["model"] == "tiny"
+    assert [records[layer.uuid]["seed"] for layer in group.children] == [4321, 99]
+    composite = np.asarray(Image.open(config["png"]).convert("RGBA"))
+    assert np.array_equal(composite[mask == 0], original[mask == 0]), "pixels outside the selection changed"
+
+
+def test_krita_reword_a_result(krita_home: Path, daemon: Any, inputs: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 11 in real Krita: the Reword section shows a Generate result's stored prompt; invalid
+    weights are refused before sending; the edited prompt makes a new layer right above the source,
+    shaped like it, recorded as a reword of it; the source and the picture are untouched."""
+    out = tmp_path / "reword"
+    config = {
+        "endpoint": daemon.endpoint,
+        "picture": str(PICTURE),
+        "mask": str(inputs["folder"] / "mask.raw"),
+        "kra": str(out / "reword.kra"),
+        "prompt": "a red fox in the snow",
+        "new_prompt": "a blue fox in the snow",
+    }
+    res = run_krita(krita_home, "scenario_reword.py", out, config, daemon=daemon)["results"]
+    assert res.get("dialogs") is None, res.get("dialogs")
+    assert res["generated"]["state"] == "done" and res["generated"]["seed"] == 5
+    assert not res["off_enabled"] and "Pick an Underpaint result layer" in res["off_tip"], res["off_tip"]
+    assert res["shown_prompt"] == config["prompt"] and "Generate #5" in res["source_label"]
+    layout = res["layout"]  # the open section at Krita's default docker size (reword.png)
+    assert layout["hscroll"] == 0 and layout["body_width"] <= layout["viewport_width"], layout
+    assert layout["button_shown"] and layout["untipped"] == [], layout
+    bad = res["bad_weights"]
+    assert "Word weights" in bad["error"] and "lots" in bad["error"] and not bad["busy"] and bad["jobs"] == 0
+    assert res["started"] and res["entry"]["state"] == "done" and res["entry"]["op"] == "reword", res["entry"]
+    assert "added 1 layer" in res["message"] and res["previews"] == []
+    names = ["Generate #5 (tiny): a red fox in the snow", "Reword #5 (tiny): a blue fox in the snow"]
+    assert res["layers"] == names and res["source_unchanged"] and res["active"] == names[0]
+    assert "job " in daemon.log() and "reword" in daemon.log()
+
+    doc = kra.read_kra(Path(config["kra"]))
+    assert np.array_equal(doc.pixels(doc.find("Background"))[..., [2, 1, 0, 3]], inputs["picture"])
+    group = doc.find("Underpaint")
+    assert [layer.name for layer in group.children] == names  # bottom to top: right above its source
+    source, reworded = group.children
+    records = json.loads(doc.annotations["underpaint"])["layers"]
+    record = records[reworded.uuid]
+    assert record["op"] == "reword" and record["reword_of"] == source.uuid and record["seed"] == 5
+    params = record["params"]
+    assert params["op"] == "txt2img" and params["prompt"] == config["prompt"]
+    assert params["new_prompt"] == config["new_prompt"] and params["weights"] == {"snow": 2.0}
+    assert params["edit"] == "replace"  # auto, resolved by the daemon: as many words, one swapped
+    src, new = doc.pixels(source), doc.pixels(reworded)
+    assert np.array_equal(src[..., 3] > 0, new[..., 3] > 0), "the reworded layer has the source's shape"
+    assert not new[..., 3][inputs["mask"] == 0].any()
+    assert not np.array_equal(src[..., :3], new[..., :3]), "the reworded layer is the same picture"
 
 
 def test_krita_without_pyzmq(krita_home: Path, tmp_path: Path) -> None:

@@ -91,6 +91,7 @@ def test_user_config_merges_over_the_builtin_presets(tmp_path: Path) -> None:
         "sdedit",
         "inpaint",
         "controlnet",
+        "reword",
     ]
     assert loaded.presets["sd15"].sources["inpaint"] == "stable-diffusion-v1-5/stable-diffusion-inpainting"
 

@@ -16,7 +16,7 @@ def test_handshake_describes_every_op_and_limit(client) -> None:
     assert welcome["type"] == "welcome" and welcome["protocol"] == 1
     assert set(welcome["ops"]) == {
         *("txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale"),
-        *("variation", "depth", "mix", "compare"),
+        *("variation", "depth", "mix", "compare", "reword"),
     }
     steps = welcome["ops"]["sdedit"]["params"]["steps"]
     assert (
@@ -30,7 +30,7 @@ def test_handshake_describes_every_op_and_limit(client) -> None:
     tiny = next(m for m in welcome["models"] if m["name"] == "tiny")
     assert tiny["resolution"] == 64 and "canny" in tiny["controlnets"]
     assert tiny["family"] == "sd15" and tiny["title"] and len(tiny["about"]) > 100
-    assert tiny["ops"] == ["txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale"]
+    assert tiny["ops"] == ["txt2img", "sdedit", "inpaint", "controlnet", "instruct", "upscale", "reword"]
     assert set(tiny["op_specs"]) == set(tiny["ops"])
     assert tiny["op_specs"]["upscale"]["params"]["factor"]["choices"] == [4, 2]
 
@@ -199,6 +199,6 @@ def test_named_samplers_run_at_one_step_on_every_family_config(client) -> None:
     """A sampler built from another family's scheduler config must still run at the fewest steps the
     spec allows (PNDM's PRK warm-up needed 4 steps; the fuzz found it failing at run time)."""
     for model in ("tiny", "tiny-sd2"):
-        for name in ("pndm", "ddim", "euler"):
+        for name in ("pndm", "ddim", "euler", "lcm", "tcd"):
             params = {"prompt": "a fox", "steps": 1, "seed": 1, "scheduler": name, "width": 64, "height": 64}
             assert client.run("txt2img", params, model=model)["images"], (model, name)

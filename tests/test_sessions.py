@@ -80,6 +80,33 @@ def test_welcome_gives_a_session_token_and_a_new_socket_resumes_it(daemon) -> No
         assert fresh["resumed"] is False and fresh["session"] != token and fresh["jobs"] == []
 
 
+def test_a_result_at_risk_on_a_dropped_link_goes_to_the_connection_that_took_the_session_over(
+    daemon,
+) -> None:
+    """A final event sent just before its connection died may be lost (9.1). When the session already
+    lives on another connection, that connection gets it again at once, not at some later resume
+    (the fuzz harness found it re-sent 15 s late, to the next connection)."""
+    a = Peer(daemon.endpoint, b"link-a")
+    token = a.request(type="hello", protocol=1, client="A")["session"]
+    a.sock.send(msgpack.packb({"type": "submit", "id": 9, "op": "txt2img", "model": "tiny", "params": SMALL}))
+    job = None
+    while job is None:
+        event = a.receive(120000)
+        assert event is not None, "no result on A"
+        job = event["job"] if event["type"] == "result" else None
+    b = Peer(daemon.endpoint, b"link-b")
+    assert b.request(type="hello", protocol=1, client="B", session=token)["resumed"] is True
+    a.close()  # A goes within a second of receiving the result: it counts as undelivered
+    again = b.receive(15000)
+    assert again is not None and again["type"] == "result" and again["job"] == job
+    time.sleep(6)  # B held it past the 5 s window (9.1): B's later drop does not put it at risk
+    b.close()
+    c = Peer(daemon.endpoint, b"link-c")
+    assert c.request(type="hello", protocol=1, client="C", session=token)["resumed"] is True
+    assert c.receive(2000) is None, "delivered to B: nothing is re-sent to a later connection"
+    c.close()
+
+
 def test_job_ids_are_random_and_opaque(client) -> None:
     ids = {client.submit("txt2img", SMALL) for _ in range(3)}
     for job in ids:

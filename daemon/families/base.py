@@ -19,13 +19,15 @@ from PIL import Image
 
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
-from ..params import OpSpec
+from ..params import OpSpec, rank_param
 from ..progress import StepReporter
 from ..request import OpRequest, generators, seeds_for
 from ..schedulers import fresh_scheduler
 
 if TYPE_CHECKING:
+    from ..p2p import Edit, Pair
     from ..preprocessors import Preprocessors
+    from ..ranking import Clip
     from ..serving.models import ModelManager
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -116,6 +118,29 @@ def _unet_from_single_file(cls: Any, preset: Preset, source: str, dtype: torch.d
     conv_in = checkpoint.get("model.diffusion_model.input_blocks.0.0.weight")
     channels = {"in_channels": conv_in.shape[1]} if conv_in is not None else {}
     return cls.from_single_file(checkpoint, subfolder="unet", **single_file_kwargs(preset, dtype), **channels)
+
+
+def load_clip(preset: Preset, source: str, dtype: torch.dtype) -> dict[str, Any]:
+    """A `clip` role: a CLIP model with both towers (e.g. openai/clip-vit-large-patch14), its tokenizer
+    and image processor, all from one folder or hub id. It ranks pictures (`rank`); the preset's
+    `variant` names its diffusion weights' files, not this model's."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    if is_single_file(source):
+        raise RequestError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"model {preset.name!r}: the clip role loads from a folder or hub id (model, tokenizer and "
+            f"image processor together), not from the single file {source!r}",
+            "model",
+        )
+    return {
+        "model": CLIPModel.from_pretrained(source, dtype=dtype).eval(),
+        "tokenizer": CLIPTokenizer.from_pretrained(source),
+        "processor": CLIPImageProcessor.from_pretrained(source),
+    }
+
+
+CLIP_ROLE = "a CLIP model (both towers, e.g. openai/clip-vit-large-patch14) that ranks pictures (`rank`)"
 
 
 # -- one job's run --------------------------------------------------------------------------------------
@@ -303,6 +328,40 @@ class Family:
     ) -> list[Image.Image]:
         """`items`: (prompt or picture, weight) pairs to blend."""
         raise self._unsupported(gen, "mix")
+
+    def reword(
+        self,
+        gen: Generation,
+        edit: Edit,
+        size: tuple[int, int],
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        strength: float = 1.0,
+    ) -> list[Pair]:
+        """Prompt-to-Prompt (see p2p.py): the source job (txt2img at `size`, or inpaint of `image` under
+        `mask` at `strength`) and its edit, one Pair per seed. Families with a cross-attention UNet
+        offer it."""
+        raise self._unsupported(gen, "reword")
+
+    # -- ranking ----------------------------------------------------------------------------------
+    def ranks(self, preset: Preset) -> bool:
+        """Whether the preset has a CLIP (text and image towers) to rank pictures with: its `clip`
+        role by default; families whose own models include a CLIP say so."""
+        return "clip" in preset.sources
+
+    def clip(self, gen: Generation) -> Clip:
+        """The CLIP that ranks this preset's pictures (the `clip` role's model by default)."""
+        from ..ranking import clip_model
+
+        return clip_model(gen.models.component(gen.preset, "clip"))
+
+    def ranked(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
+        """`spec` with `rank` where the op makes variations and the preset can rank them."""
+        from ..ranking import target_doc
+
+        if "variations" not in spec.params or not self.ranks(preset):
+            return spec
+        return spec.changed(add=[rank_param(target_doc(op))])
 
     def _unsupported(self, gen: Generation, op: str) -> RequestError:
         return RequestError(

@@ -33,7 +33,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from .. import prompts
+from .. import prompts, ranking
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..params import UNIT_FIELDS, OpSpec, Param
@@ -127,7 +127,7 @@ class Kandinsky22(Family):
             strength = spec.params["strength"]
             add.append(replace(strength, min=1.0, doc="always 1: the inpainting decoder repaints fully"))
         spec = spec.changed(add=add, defaults={"steps": 50, "guidance_scale": 4.0})
-        return prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW)
+        return self.ranked(op, prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW), preset)
 
     def check(self, req: OpRequest) -> None:
         """Plain prompts within one CLIP window (the prior turns each into one image embedding); one
@@ -136,6 +136,19 @@ class Kandinsky22(Family):
         prompts.check_plain(req, self.title, why, [Reader("prior", limit=prompts.WINDOW)])
         if req.op == "controlnet":
             _check_units(req.params["units"])
+        ranking.check(req)
+
+    # -- ranking ----------------------------------------------------------------------------------
+    def ranks(self, preset: Preset) -> bool:
+        """The prior holds a whole CLIP: text and image towers projecting into one space."""
+        return True
+
+    def clip(self, gen: Generation) -> ranking.Clip:
+        """The prior's own encoders and processor (loaded for every prompt op anyway)."""
+        prior = gen.models.component(gen.preset, "prior")
+        return ranking.clip_towers(
+            prior.text_encoder, prior.tokenizer, prior.image_encoder, prior.image_processor
+        )
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:

@@ -30,12 +30,12 @@ from diffusers import (
 from diffusers.models import MultiControlNetModel
 from PIL import Image
 
-from .. import prompts
+from .. import p2p, prompts, ranking
 from ..config import Preset
 from ..params import OpSpec
 from ..prompts import Reader
 from ..request import OpRequest
-from .base import Family, Generation, load_model, load_pipeline
+from .base import CLIP_ROLE, Family, Generation, load_clip, load_model, load_pipeline
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 
@@ -58,6 +58,7 @@ class SD15(Family):
         "instruct": "an InstructPix2Pix checkpoint (8-channel UNet)",
         "upscale_x4": "the x4 diffusion upscaler",
         "upscale_x2": "the latent x2 upscaler",
+        "clip": CLIP_ROLE,
     }
     default_resolution = 512
     tiny_sources: ClassVar[dict[str, str]] = {
@@ -66,6 +67,7 @@ class SD15(Family):
         "instruct": "instruct",
         "upscale_x4": "upscale-x4",
         "upscale_x2": "upscale-latent-x2",
+        "clip": "clip",
     }
     tiny_controlnets: ClassVar[dict[str, str]] = {
         k: f"controlnet-{k}" for k in ("canny", "lineart", "scribble", "depth")
@@ -91,7 +93,7 @@ class SD15(Family):
             ops.append("instruct")
         if self.upscale_factors(preset):
             ops.append("upscale")
-        return ops
+        return ops + ["reword"]
 
     def upscale_factors(self, preset: Preset) -> tuple[int, ...]:
         return tuple(f for f in (4, 2) if f"upscale_x{f}" in preset.sources)
@@ -104,7 +106,11 @@ class SD15(Family):
             spec = spec.changed(add=[factor])
             if 2 in factors:
                 note = f"; the x2 upscaler reads it plain, up to {prompts.WINDOW} tokens"
-        return prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS, note)
+        if op == "reword":
+            spec = p2p.reword_spec(spec)
+        else:
+            spec = prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS, note)
+        return self.ranked(op, spec, preset)
 
     def check(self, req: OpRequest) -> None:
         """Prompt syntax and length, counted with the tokenizer of the text encoder the op uses."""
@@ -116,10 +122,13 @@ class SD15(Family):
         else:
             role = "upscale_x4" if req.op == "upscale" else "base"
             prompts.check_weighted(req, self.title, [Reader(role)])
+        ranking.check(req)
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:
         dtype = models.dtype
+        if role == "clip":
+            return load_clip(preset, source, dtype)
         if role.startswith("controlnet:"):
             return load_model(ControlNetModel, preset, source, dtype)
         if role in ("inpaint", "instruct"):
@@ -257,6 +266,26 @@ class SD15(Family):
         # The latent upscaler has no num_images_per_prompt: one call (one stage) per variation.
         gen.steps.plan(*[params["steps"]] * len(gen.seeds))
         return [pipe(**common, image=work, generator=g).images[0] for g in gen.generators()]
+
+    def reword(
+        self,
+        gen: Generation,
+        edit: p2p.Edit,
+        size: tuple[int, int],
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        strength: float = 1.0,
+    ) -> list[p2p.Pair]:
+        """The source job's own view and arguments (as txt2img and inpaint call them), run by p2p."""
+        kind = "txt2img" if image is None else "inpaint"
+        call: dict[str, Any] = {"width": size[0], "height": size[1]}
+        if image is not None:
+            call |= {"image": image, "mask_image": mask, "strength": strength}
+        pairs = []
+        for seed in gen.seeds:
+            pipe = gen.schedule(gen.view(kind), space=self.preview_space)
+            pairs.append(p2p.pair(p2p.run(gen, pipe, edit, seed, call)))
+        return pairs
 
 
 def _pick(values: list[Any]) -> Any:

@@ -23,7 +23,7 @@ from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..ops.common import workspace
 from ..request import OpRequest
-from .base import Generation, is_single_file, load_model, load_pipeline
+from .base import CLIP_ROLE, Generation, is_single_file, load_model, load_pipeline
 from .sd15 import NO_SAFETY, SD15
 
 #: Components a partial load leaves out: the base's own are used instead.
@@ -53,6 +53,7 @@ class SD2(SD15):
         "depth": "the depth-to-image checkpoint (5-channel UNet + DPT depth estimator; VAE and text "
         "encoder come from base)",
         "upscale_x4": "the x4 diffusion upscaler",
+        "clip": CLIP_ROLE,
     }
     default_resolution = 768
     tiny_sources: ClassVar[dict[str, str]] = {
@@ -60,6 +61,7 @@ class SD2(SD15):
         "inpaint": "inpaint",
         "depth": "depth",
         "upscale_x4": "upscale-x4",
+        "clip": "clip",
     }
     tiny_controlnets: ClassVar[dict[str, str]] = {"canny": "controlnet-canny"}
     views: ClassVar[dict[str, Any]] = {

@@ -34,23 +34,25 @@ from diffusers import (
 from diffusers.models import MultiControlNetModel
 from PIL import Image
 
-from .. import prompts
+from .. import p2p, prompts, ranking
 from ..config import Preset
 from ..params import OpSpec, Param
 from ..prompts import Reader
 from ..request import OpRequest
 from .base import (
+    CLIP_ROLE,
     Family,
     Generation,
     check_pickle,
     is_single_file,
+    load_clip,
     load_model,
     load_pipeline,
     single_file_kwargs,
 )
 
 #: Ops whose spec gains `refine` when the preset has a refiner.
-REFINED_OPS = ("txt2img", "sdedit", "inpaint")
+REFINED_OPS = ("txt2img", "sdedit", "inpaint", "reword")
 DEFAULT_REFINE = 0.2  # diffusers' and Stability's usual split: base 80 %, refiner the last 20 %
 
 
@@ -87,10 +89,16 @@ class SDXL(Family):
         "inpaint": "an SDXL inpainting checkpoint (9-channel UNet); without it inpaint uses base",
         "vae": "a VAE that replaces base's when base loads (e.g. madebyollin/sdxl-vae-fp16-fix, "
         "because SDXL's own VAE overflows in float16)",
+        "clip": CLIP_ROLE,
     }
     default_resolution = 1024
     preview_space = "sdxl"
-    tiny_sources: ClassVar[dict[str, str]] = {"base": "base", "refiner": "refiner", "inpaint": "inpaint"}
+    tiny_sources: ClassVar[dict[str, str]] = {
+        "base": "base",
+        "refiner": "refiner",
+        "inpaint": "inpaint",
+        "clip": "clip",
+    }
     tiny_controlnets: ClassVar[dict[str, str]] = {"canny": "controlnet-canny"}
     tiny_resolution = 64
 
@@ -107,20 +115,28 @@ class SDXL(Family):
 
     # -- offer ------------------------------------------------------------------------------------
     def ops(self, preset: Preset) -> list[str]:
-        return ["txt2img", "sdedit", "inpaint"] + (["controlnet"] if preset.controlnets else [])
+        ops = ["txt2img", "sdedit", "inpaint"] + (["controlnet"] if preset.controlnets else [])
+        return ops + ["reword"]
 
     def op_spec(self, op: str, spec: OpSpec, preset: Preset) -> OpSpec:
         if op in REFINED_OPS and "refiner" in preset.sources:
             spec = spec.changed(add=[refine_param()])
-        return prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS)
+        if op == "reword":
+            spec = p2p.reword_spec(spec)
+        else:
+            spec = prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS)
+        return self.ranked(op, spec, preset)
 
     def check(self, req: OpRequest) -> None:
         """Prompt syntax and length, in the windows of both text encoders (the refiner reads the second)."""
         prompts.check_weighted(req, self.title, [Reader("base"), Reader("base", "tokenizer_2")])
+        ranking.check(req)
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:
         dtype = models.dtype
+        if role == "clip":
+            return load_clip(preset, source, dtype)
         if role.startswith("controlnet:"):
             return load_model(ControlNetModel, preset, source, dtype)
         if role == "refiner":
@@ -210,6 +226,68 @@ class SDXL(Family):
         # The refiner reads the prompt with the second encoder only; the generators carry on.
         text = prompts.retext(text, gen, refiner)
         return refiner(**text, **then[1], image=latents, denoising_start=fraction).images
+
+    def reword(
+        self,
+        gen: Generation,
+        edit: p2p.Edit,
+        size: tuple[int, int],
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+        strength: float = 1.0,
+    ) -> list[p2p.Pair]:
+        """The source job's views and arguments (as txt2img and inpaint call them), run by p2p; with
+        `refine`, base's part of both prompts is the edit, and the refiner finishes each picture."""
+        if image is None:
+            first = ("txt2img", {"width": size[0], "height": size[1]})
+            then: tuple[str, dict[str, Any]] = ("refiner_img2img", {})
+            cut = None
+        else:
+            sized = {"mask_image": mask, "width": image.width, "height": image.height}
+            first = ("inpaint", {"image": image, "strength": strength, **sized})
+            then, cut = ("refiner_inpaint", sized), strength
+        return [self.reworded(gen, edit, seed, first, then, cut) for seed in gen.seeds]
+
+    def reworded(
+        self,
+        gen: Generation,
+        edit: p2p.Edit,
+        seed: int,
+        first: tuple[str, dict[str, Any]],
+        then: tuple[str, dict[str, Any]],
+        strength: float | None,
+    ) -> p2p.Pair:
+        """One seed of `reword`. The refiner has attention of its own and only the low-noise end to
+        paint: it finishes the edited picture as it would the plain job's (and the source picture
+        too where a local blend needs its pixels)."""
+        params = gen.params
+        pipe = gen.schedule(gen.view(first[0]), space=self.preview_space)
+        split = handoff(pipe.scheduler, params["steps"], strength, params.get("refine", 0.0))
+        if split is None:
+            return p2p.pair(p2p.run(gen, pipe, edit, seed, first[1]))
+        fraction, base_steps, refiner_steps = split
+        branches = [p2p.EDITED, p2p.SOURCE] if edit.blend else [p2p.EDITED]
+        gen.steps.plan(base_steps, *[refiner_steps] * len(branches))
+        args = first[1] | {"denoising_end": fraction}
+        outcome = p2p.run(gen, pipe, edit, seed, args, output_type="latent")
+        pictures: dict[int, Image.Image] = {}
+        for branch in branches:
+            refiner = gen.schedule(gen.view(then[0]), space=self.preview_space)
+            text = prompts.encode(refiner, (edit.source, edit.edited)[branch], edit.negative)
+            pictures[branch] = refiner(
+                **text,
+                **then[1],
+                num_inference_steps=params["steps"],
+                guidance_scale=params["guidance_scale"],
+                num_images_per_prompt=1,
+                generator=[outcome.generators[branch]],
+                output_type="pil",
+                image=outcome.images[branch],
+                denoising_start=fraction,
+            ).images[0]
+        edited = pictures[p2p.EDITED]
+        region = p2p.region_image(outcome.region, edited.size)
+        return p2p.Pair(pictures.get(p2p.SOURCE), edited, region)
 
     def controlnet(
         self,

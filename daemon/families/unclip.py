@@ -32,7 +32,7 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from .. import prompts
+from .. import prompts, ranking
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
 from ..params import OpSpec
@@ -103,12 +103,27 @@ class UnCLIP(Family):
                 replace(guidance, name="prior_guidance_scale", default=4.0, doc="prior guidance"),
             ]
         spec = spec.changed(add=add, drop=["scheduler", "negative_prompt", "width", "height"])
-        return prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW)
+        return self.ranked(op, prompts.text_spec(spec, prompts.PLAIN, prompts.WINDOW), preset)
 
     def check(self, req: OpRequest) -> None:
         """Plain prompts within one CLIP window: the prior reads the prompt as one CLIP embedding."""
         why = "turns the prompt into one CLIP embedding for its prior"
         prompts.check_plain(req, self.title, why, [Reader("base", limit=prompts.WINDOW)])
+        ranking.check(req)
+
+    # -- ranking ----------------------------------------------------------------------------------
+    def ranks(self, preset: Preset) -> bool:
+        """Karlo's text encoder and its image-variation encoder are one CLIP's two towers: with the
+        `variation` folder the preset can rank."""
+        return "variation" in preset.sources
+
+    def clip(self, gen: Generation) -> ranking.Clip:
+        """base's text encoder with the variation folder's image encoder (loaded by variation jobs)."""
+        base = gen.models.component(gen.preset, "base")
+        images = gen.models.component(gen.preset, "variation")
+        return ranking.clip_towers(
+            base.text_encoder, base.tokenizer, images["image_encoder"], images["feature_extractor"]
+        )
 
     # -- components -------------------------------------------------------------------------------
     def load(self, models: Any, preset: Preset, role: str, source: str) -> Any:

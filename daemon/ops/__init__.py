@@ -5,7 +5,8 @@ to the selection, call the preset's family (`families.base.Family`), return past
 
 `run_op` runs a job's variations one seed at a time: a batch of several images goes through
 differently blocked kernels than a single one, so only this way does variation i, re-run alone with
-seed + i, give exactly the same pixels (what a painter who reuses a seed expects).
+seed + i, give exactly the same pixels (what a painter who reuses a seed expects). With `rank`, it
+then orders the pictures by CLIP similarity (ranking.py), best first.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import controlnet, depth, inpaint, instruct, mix, sdedit, txt2img, upscale, variation
+from . import controlnet, depth, inpaint, instruct, mix, reword, sdedit, txt2img, upscale, variation
+from .common import family_of
 
 if TYPE_CHECKING:
     from ..families.base import Generation
@@ -30,6 +32,7 @@ OPS: dict[str, ModuleType] = {
     "depth": depth,
     "mix": mix,
     "upscale": upscale,
+    "reword": reword,
 }
 
 
@@ -52,4 +55,9 @@ def run_op(op: str, gen: Generation) -> list[Patch]:
         patches += OPS[op].run(gen.for_seed(seed))
         per_picture = max(1, gen.steps.step - start)  # measured: the later pictures take as many
     gen.steps.after = outer_after
+    if gen.params.get("rank"):
+        from .. import ranking
+
+        gen.steps.check_cancelled()
+        patches = ranking.rank(gen, family_of(gen).clip(gen), patches)
     return patches

@@ -1,4 +1,5 @@
-"""Jobs and the fair queue: one FIFO per session, served round-robin (PROTOCOL.md section 9).
+"""Jobs and the fair queue: one FIFO per session, served round-robin (PROTOCOL.md section 9); the
+pool's dispatcher takes the next job whenever one of its workers is free.
 
 A job belongs to a session (never to a ZeroMQ routing id, which a peer can choose), and its id is
 random, so an id from before a restart names nothing afterwards.
@@ -48,6 +49,9 @@ class Job:
     total: int = 0
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     cancel_reason: str | None = None
+    worker: str | None = None  # the pool's worker running it (PROTOCOL.md 9.5)
+    dispatched_at: float = 0.0  # when it was handed to that worker
+    retried: bool = False  # its first worker died before any step: it runs once more, never twice
 
     def cancel(self, reason: str) -> None:
         """Ask the job to stop (at its next step when running); the first reason given wins."""
@@ -117,6 +121,10 @@ class FairQueue:
         if self._on_take is not None:
             self._on_take(job)
         return job
+
+    def take(self) -> Job | None:
+        """The next job in fair order without waiting; None when nothing waits."""
+        return self.get(timeout=0)
 
     def remove(self, job_id: str) -> Job | None:
         """Take a queued job out (cancel); None if it is not queued."""

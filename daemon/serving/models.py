@@ -5,6 +5,11 @@ The unit of caching is a *component*: what one role of a preset loads (a whole p
 ControlNet...; the preset's family decides). Components are keyed by family, role kind and source,
 so two presets naming the same weights share one copy. The pipeline an op runs is a *view* that the
 family assembles from components with the diffusers constructors: switching ops loads nothing twice.
+
+Each worker of a pool has its own manager, and so its own budget: room is made *before* a load when
+the component's size is known (from an earlier load, or from its weight files on this machine), so a
+worker does not go over its budget to find out; what could not be sized is evicted down to the
+budget right after it loaded.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +104,7 @@ class ModelManager:
         self._components: OrderedDict[Key, Component] = OrderedDict()
         self._views: dict[tuple, View] = {}
         self._lock = threading.Lock()
+        self._sizes: dict[Key, int] = {}  # bytes of every component loaded so far (room made before loads)
         self.load_seconds = 0.0  # running total, so a job can report its own share
         self.loads = 0  # components loaded so far (tests prove sharing with it)
 
@@ -127,6 +133,13 @@ class ModelManager:
         roles = list(preset.sources) + [f"controlnet:{name}" for name in preset.controlnets]
         return [role for role in roles if self.key(preset, role) in self._components]
 
+    def warm(self) -> dict[str, list[str]]:
+        """Every preset with a loaded component, and its loaded roles (what a worker reports to the
+        front end, which sends jobs where their preset is warm)."""
+        with self._lock:
+            loaded = {p.name: self._loaded_roles(p) for p in self.config.presets.values()}
+        return {name: roles for name, roles in loaded.items() if roles}
+
     def used_bytes(self) -> int:
         with self._lock:
             return sum(c.nbytes for c in self._components.values())
@@ -136,8 +149,8 @@ class ModelManager:
         """A pipeline of `kind` built by the preset's family over its shared, warm components."""
         fam = family(preset.family)
         roles = fam.needs(preset, kind, extras)
-        parts = {role: self.component(preset, role) for role in roles}
         keys = {self.key(preset, role) for role in roles}
+        parts = {role: self.component(preset, role, keep=keys) for role in roles}
         self._evict(keep=keys)
         view_key = (preset.name, kind, tuple(extras))
         with self._lock:
@@ -149,8 +162,9 @@ class ModelManager:
         return view.pipe
 
     # -- components ------------------------------------------------------------------------------
-    def component(self, preset: Preset, role: str) -> Any:
-        """The loaded component of one role of a preset (loaded now if it is not)."""
+    def component(self, preset: Preset, role: str, keep: Set[Key] = frozenset()) -> Any:
+        """The loaded component of one role of a preset (loaded now if it is not, after making room
+        for it under the budget without unloading what `keep` names)."""
         key = self.key(preset, role)
         with self._lock:
             comp = self._components.get(key)
@@ -158,6 +172,7 @@ class ModelManager:
                 comp.last_used = time.monotonic()
                 self._components.move_to_end(key)
                 return comp.obj
+        self._make_room(key, self._expected_bytes(key, preset, role), keep | {key})
         t0 = time.perf_counter()
         obj = self._load(preset, role)
         seconds = time.perf_counter() - t0
@@ -167,7 +182,29 @@ class ModelManager:
         log.info("loaded %s/%s in %.2f s (%.1f MB)", preset.name, role, seconds, nbytes / 1e6)
         with self._lock:
             self._components[key] = Component(obj, nbytes, seconds, time.monotonic(), f"{preset.name}/{role}")
+            self._sizes[key] = nbytes
         return obj
+
+    def _expected_bytes(self, key: Key, preset: Preset, role: str) -> int:
+        """What loading a component will add: its size when it was loaded before, else its weight
+        files when they are on this machine, else 0 (unknown: the budget is enforced after loading)."""
+        if key in self._sizes:
+            return self._sizes[key]
+        try:
+            return weight_file_bytes(Path(self._source(preset, role)))
+        except (OSError, ValueError):
+            return 0
+
+    def _make_room(self, key: Key, expected: int, keep: Set[Key]) -> None:
+        """Unload least recently used components so that `expected` more bytes fit the budget."""
+        if not self.budget_bytes or not expected:
+            return
+        while self.used_bytes() + expected > self.budget_bytes:
+            with self._lock:
+                victim = next((k for k in self._components if k not in keep), None)
+            if victim is None:
+                return
+            self._drop(victim)
 
     def _evict(self, keep: set[Key]) -> None:
         """Unload least recently used components until the budget holds (never those in `keep`)."""
@@ -250,6 +287,19 @@ class ModelManager:
         preset = self.preset(preset_name)
         with self._lock:
             return {role: self._components[self.key(preset, role)].obj for role in self._loaded_roles(preset)}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+
+
+def weight_file_bytes(path: Path) -> int:
+    """Bytes of the weight files of a local checkpoint (a file, or a diffusers folder); 0 for what is
+    not on this machine (a hub id: its files may be in no cache yet)."""
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
 
 
 def _built(folder: Path, build: Callable[[], Path]) -> Path:

@@ -65,11 +65,15 @@ class ResultStore:
     def undelivered(self, session: str) -> list[Kept]:
         return [k for k in self._kept.values() if k.session == session and k.sent_to is None]
 
-    def unsend_recent(self, conn: Any, since: float) -> None:
-        """`conn` died: what was sent to it since `since` may not have arrived."""
+    def unsend_recent(self, conn: Any, since: float) -> set[str]:
+        """`conn` died: what was sent to it since `since` may not have arrived. Returns the sessions
+        of those events (one may already live on another connection: it gets them now)."""
+        sessions = set()
         for kept in self._kept.values():
             if kept.sent_to is conn and kept.sent_at >= since:
                 kept.sent_to = None
+                sessions.add(kept.session)
+        return sessions
 
     def expire(self, now: float) -> None:
         """Evict what is older than the time to keep."""

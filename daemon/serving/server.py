@@ -1,7 +1,9 @@
 """The daemon's I/O loop: one ROUTER socket, answers every request except device work itself.
 
 Handshake, status, cancel, fetch and model listing are answered here directly, so they take
-milliseconds even while the worker is busy. A submit is checked for its shape and counted against
+milliseconds even while every worker is busy. Device work goes to a pool of workers (serving/pool:
+one thread, local child processes, or Ray actors), one job per worker at a time, in the fair queue's
+order. A submit is checked for its shape and counted against
 the budgets here, then validated and its images decoded in a small decode pool (a big PNG never
 stalls the loop); its `accepted` or `error` reply is sent when that is done. Jobs belong to
 sessions (sessions.py); their final events are kept for a while (results.py), so a client that lost
@@ -53,10 +55,12 @@ from .intake import (
 from .jobs import CANCEL_ABANDONED, CANCEL_CLIENT, CANCEL_SHUTDOWN, FairQueue, Job
 from .models import ModelManager
 from .policy import Policy
+from .pool.base import Pool, WorkerSpec
+from .pool.dispatch import Dispatcher
 from .results import ResultStore
 from .security import Keys, allow, secure
 from .sessions import Connection, Session, Sessions
-from .worker import Worker, cancelled_reply, shutdown_event
+from .worker import Executor, cancelled_reply, shutdown_event
 
 log = logging.getLogger("underpaint.server")
 
@@ -95,7 +99,10 @@ class Server:
         policy: Policy | None = None,
         keys: Keys | None = None,
         step_delay: float = 0.0,
+        pool: Pool | None = None,
     ) -> None:
+        """Without `pool`, one worker thread runs jobs on `models` (the daemon's own model cache);
+        `step_delay` is for that worker only (a pool's workers get theirs from their spec)."""
         self.endpoint = endpoint
         self.models = models
         self.limits = limits or Limits()
@@ -119,9 +126,15 @@ class Server:
             on_drop=self._connection_lost,
         )
         self.results = ResultStore(self.policy.results_ttl_s, self.policy.results_bytes)
-        self.pool = ThreadPoolExecutor(max(1, self.policy.decode_threads), "underpaint-decode")
+        self.decoders = ThreadPoolExecutor(max(1, self.policy.decode_threads), "underpaint-decode")
         self._check_lock = threading.Lock()  # validation (tokenizers) runs one request at a time
-        self.worker = Worker(self.queue, models, self._from_worker, step_delay)
+        if pool is None:
+            from .pool.local import LocalPool
+
+            pool = LocalPool([WorkerSpec(models.config)], "thread", Executor(models, step_delay))
+        self.pool = pool
+        self.dispatcher = Dispatcher(pool, self.queue, self._on_worker)
+        self._started = False
         self.all_ops = [*OPS, *META_OPS]
         self.closing_at: float | None = None
         self._finalized: set[str] = set()  # jobs whose final message shutdown sent for the worker
@@ -159,17 +172,41 @@ class Server:
         return self.router.getsockopt_string(zmq.LAST_ENDPOINT)
 
     # -- loop ----------------------------------------------------------------------------------
+    def start_workers(self, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Start the pool and wait until every worker is ready or given up; False when none could
+        start (or `stop` was set meanwhile). Requests wait in the socket until `serve` runs."""
+        if not self._started:
+            self._started = True
+            self.pool.start(self.dispatcher)
+        poller = zmq.Poller()
+        for item in self.pool.pollables():
+            poller.register(item, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+            states = [slot.state for slot in self.dispatcher.slots.values()]
+            if "starting" not in states:
+                return "idle" in states
+            ready = dict(poller.poll(100))
+            if ready:
+                self.pool.on_ready(ready)
+        return any(slot.state == "idle" for slot in self.dispatcher.slots.values())
+
     def serve(self, stop: threading.Event) -> None:
         """Run until `stop` is set and shutdown is done (PROTOCOL.md 9.4)."""
-        self.worker.start()
+        if not self._started:
+            self._started = True
+            self.pool.start(self.dispatcher)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
         poller.register(self.inbox.fd, zmq.POLLIN)
+        pool_items = self.pool.pollables()
+        for item in pool_items:
+            poller.register(item, zmq.POLLIN)
         log.info(
-            "listening on %s (device %s%s)",
+            "listening on %s (%s%s)",
             self.bound_endpoint,
-            self.models.device,
+            self._workers_said(),
             ", CurveZMQ keys" if self.keys else "",
         )
         try:
@@ -181,11 +218,24 @@ class Server:
                 ready = dict(poller.poll(100))
                 self._drain_monitor()
                 self._drain_inbox()
+                if any(item in ready for item in pool_items):
+                    self._from_pool(ready)
                 if self.router in ready:
                     self._receive()
                 self._housekeeping()
         finally:
             self._close()
+
+    def _from_pool(self, ready: dict[Any, int]) -> None:
+        """What the workers said; a bug of ours in handling it must not take the front end down."""
+        try:
+            self.pool.on_ready(ready)
+        except Exception:
+            log.exception("internal error handling a worker's message")
+
+    def _workers_said(self) -> str:
+        devices = self.dispatcher.devices()
+        return f"{len(devices)} worker{'s' * (len(devices) != 1)} ({self.pool.kind}): {', '.join(devices)}"
 
     def _receive(self) -> None:
         for _ in range(RECEIVE_BATCH):  # then the loop's other duties get a turn
@@ -208,14 +258,16 @@ class Server:
                 self.sessions.disconnected(int(event["value"]))
 
     def _connection_lost(self, conn: Connection) -> None:
-        self.results.unsend_recent(conn, time.monotonic() - REDELIVER_S)
+        """Final events sent just before `conn` died count as undelivered (9.1). A session that was
+        already taken over by a live connection gets them there at once, not at its next resume."""
+        for sid in self.results.unsend_recent(conn, time.monotonic() - REDELIVER_S):
+            session = self.sessions.by_id.get(sid)
+            if session is not None and session.conn is not None and session.conn is not conn:
+                self._push_undelivered(session)
 
     def _drain_inbox(self) -> None:
         for item in self.inbox.take():
-            kind = item[0]
-            if kind == "worker":
-                self._on_worker(*item[1:])
-            elif kind == "prepared":
+            if item[0] == "prepared":
                 self._on_prepared(*item[1:])
 
     # -- sending -------------------------------------------------------------------------------
@@ -329,8 +381,10 @@ class Server:
             "type": "welcome",
             "protocol": PROTOCOL_VERSION,
             "daemon": __version__,
-            "device": str(self.models.device),
-            "dtype": str(self.models.dtype).removeprefix("torch."),
+            "device": self._device(),
+            "dtype": self._dtype(),
+            "workers": len(self.dispatcher.slots),
+            "pool": self.pool.kind,
             "default_model": self.models.config.default,
             "models": self._describe_presets(),
             "ops": {name: spec.to_wire() for name, spec in self.catalog.common.items()},
@@ -381,7 +435,7 @@ class Server:
             return
         pending = session.pending.popleft()
         session.decoding = pending
-        future = self.pool.submit(self._prepare, pending.msg)
+        future = self.decoders.submit(self._prepare, pending.msg)
         future.add_done_callback(lambda f: self.inbox.put(("prepared", session, pending, f)))
 
     def _prepare(self, msg: dict[str, Any]) -> Prepared:
@@ -445,6 +499,7 @@ class Server:
             reply = _internal(exc)
         if reply is not None:
             self._answer(pending.conn, pending.msg, reply)
+        self.dispatcher.pump()  # after `accepted`, so that it goes before the job's first event
         self._pump(session)
 
     def _accept(self, session: Session, pending: Pending, prepared: Prepared) -> dict[str, Any] | None:
@@ -470,7 +525,7 @@ class Server:
             charged,
         )
         self._track(session, job)
-        position = self.queue.put(job)
+        position = self.queue.put(job) + len(self.dispatcher.retry)
         log.info("job %s: %s on %s accepted at position %d", job.id, job.op, job.model, position)
         return {"type": "accepted", "job": job.id, "position": position}
 
@@ -493,10 +548,7 @@ class Server:
         if session is not None:
             session.jobs.discard(job.id)
 
-    # -- job messages from the worker ---------------------------------------------------------------
-    def _from_worker(self, job: Job, message: dict[str, Any], kind: str) -> None:
-        self.inbox.put(("worker", job, message, kind))
-
+    # -- job messages from the workers ---------------------------------------------------------------
     def _on_worker(self, job: Job, message: dict[str, Any], kind: str) -> None:
         if job.id in self._finalized:
             return
@@ -521,6 +573,10 @@ class Server:
     def _end_queued(self, job: Job, final: dict[str, Any]) -> None:
         """End a job that was taken out of the queue with `final` (its event, or a load's reply)."""
         self._left_queue(job)
+        self._end(job, final)
+
+    def _end(self, job: Job, final: dict[str, Any]) -> None:
+        """End a job that no worker runs with `final` (queued, or waiting for its retry)."""
         if job.kind == "op":
             self._finish(job, final)
         else:
@@ -532,12 +588,18 @@ class Server:
         session = self.sessions.session_of(conn)
         job = self._own_job(session, _field(msg, "job", str, required=True))
         job.cancel(CANCEL_CLIENT)
-        if self.queue.remove(job.id) is None:
-            return {"type": "ack", "job": job.id}  # running: the worker sends `cancelled`
-        # Queued: it never reaches the worker, so its end is ours to send, after the ack.
+        queued = self.queue.remove(job.id) is not None
+        retrying = not queued and self.dispatcher.take_retry(job.id) is not None
+        if not (queued or retrying):
+            self.dispatcher.cancel(job)
+            return {"type": "ack", "job": job.id}  # running: its worker sends `cancelled`
+        # Waiting: it never reaches a worker, so its end is ours to send, after the ack.
         self._answer(conn, msg, {"type": "ack", "job": job.id})
         final = job.envelope("cancelled", reason=CANCEL_CLIENT) if job.kind == "op" else cancelled_reply(job)
-        self._end_queued(job, final)
+        if queued:
+            self._end_queued(job, final)
+        else:
+            self._end(job, final)  # it left the queue (and its budget) before its first try
         return None
 
     def _own_job(self, session: Session, job_id: str) -> Job:
@@ -553,11 +615,9 @@ class Server:
     def on_status(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any]:
         session = self.sessions.session_of(conn)
         wanted = _field(msg, "job", str)
-        running = self.worker.current
-        jobs = []
-        if running is not None and running.id in self.jobs:
-            jobs.append(_job_info(running, session, 0))
-        for position, job in enumerate(self.queue.order()):
+        running = [job for job in self.dispatcher.running_jobs() if job.id in self.jobs]
+        jobs = [_job_info(job, session, 0) for job in running]
+        for position, job in enumerate([*self.dispatcher.retry, *self.queue.order()]):
             jobs.append(_job_info(job, session, position))
         if wanted is not None:
             jobs = [j for j in jobs if j["job"] == wanted]
@@ -567,10 +627,11 @@ class Server:
                 )
         return {
             "type": "status",
-            "device": str(self.models.device),
-            "queued": len(self.queue),
-            "running": running.id if running is not None else None,
+            "device": self._device(),
+            "queued": len(self.queue) + len(self.dispatcher.retry),
+            "running": running[0].id if running else None,
             "jobs": jobs,
+            "workers": self.dispatcher.describe(),
         }
 
     def on_fetch(self, conn: Connection, msg: dict[str, Any], size: int) -> dict[str, Any] | None:
@@ -614,13 +675,23 @@ class Server:
             "type": "models",
             "default": self.models.config.default,
             "presets": self._describe_presets(),
-            "memory": {"budget_bytes": self.models.budget_bytes, "used_bytes": self.models.used_bytes()},
+            "memory": self.dispatcher.memory(),
         }
 
     def _describe_presets(self) -> list[dict[str, Any]]:
         return [
-            self.catalog.describe(p, self.models.loaded_roles(p)) for p in self.models.config.presets.values()
+            self.catalog.describe(p, self.dispatcher.loaded_roles(p.name))
+            for p in self.models.config.presets.values()
         ]
+
+    def _device(self) -> str:
+        """The workers' device, or their devices joined by commas when they differ."""
+        devices = list(dict.fromkeys(d for d in self.dispatcher.devices() if d != "?"))
+        return ",".join(devices) if devices else str(self.models.device)
+
+    def _dtype(self) -> str:
+        dtypes = list(dict.fromkeys(str(s.info["dtype"]) for s in self.dispatcher.slots.values() if s.info))
+        return ",".join(dtypes) if dtypes else str(self.models.dtype).removeprefix("torch.")
 
     def on_load(self, conn: Connection, msg: dict[str, Any], size: int) -> None:
         return self._queue_admin(conn, msg, "load")
@@ -645,6 +716,7 @@ class Server:
         job = Job(session.id, session.identity, kind, None, preset.name, op, msg.get("id"))
         self._track(session, job)
         self.queue.put(job)
+        self.dispatcher.pump()
         return None
 
     def _refuse_when_closing(self) -> None:
@@ -676,10 +748,20 @@ class Server:
             )
             self._end_queued(job, final)
             log.info("job %s cancelled: its client did not come back", job.id)
-        running = self.worker.current
-        if running is not None and running.session == session.id and not running.cancel_requested.is_set():
-            running.cancel(CANCEL_ABANDONED)
-            log.info("job %s stopping: its client did not come back", running.id)
+        for job in [j for j in self.dispatcher.retry if j.session == session.id]:
+            self.dispatcher.take_retry(job.id)
+            job.cancel(CANCEL_ABANDONED)
+            self._end(
+                job,
+                job.envelope("cancelled", reason=CANCEL_ABANDONED)
+                if job.kind == "op"
+                else cancelled_reply(job),
+            )
+        for running in self.dispatcher.running_jobs():
+            if running.session == session.id and not running.cancel_requested.is_set():
+                running.cancel(CANCEL_ABANDONED)
+                self.dispatcher.cancel(running)
+                log.info("job %s stopping: its client did not come back", running.id)
 
     # -- shutdown --------------------------------------------------------------------------------
     def _begin_shutdown(self) -> None:
@@ -689,9 +771,12 @@ class Server:
         for job in self.queue.drain():
             job.cancel(CANCEL_SHUTDOWN)
             self._end_queued(job, shutdown_event(job))
-        running = self.worker.current
-        if running is not None:
+        for job in self.dispatcher.stop():
+            job.cancel(CANCEL_SHUTDOWN)
+            self._end(job, shutdown_event(job))
+        for running in self.dispatcher.running_jobs():
             running.cancel(CANCEL_SHUTDOWN)
+            self.dispatcher.cancel(running)
         self.queue.close()
         refusal = RequestError(ErrorCode.SHUTTING_DOWN, "the daemon is shutting down: no new work is taken")
         for session in list(self.sessions.by_id.values()):
@@ -701,31 +786,29 @@ class Server:
                 self._answer(pending.conn, pending.msg, refusal.to_message())
 
     def _shutdown_over(self) -> bool:
-        """True once the worker is done, or the grace is over (then its job is ended for it)."""
+        """True once no worker runs a job, or the grace is over (then their jobs are ended for them)."""
         self._drain_inbox()
-        if not self.worker.is_alive():
+        if not self.dispatcher.busy():
             return True
         assert self.closing_at is not None
         if time.monotonic() - self.closing_at < self.policy.shutdown_grace_s:
             return False
-        running = self.worker.current
-        if running is not None and running.id in self.jobs:
+        for running in self.dispatcher.running_jobs() + self.dispatcher.abandon_unloads():
+            self.dispatcher.forget(running)
+            if running.id not in self.jobs:
+                continue
             log.warning(
                 "job %s is still inside a step after %.1f s: ending it without waiting",
                 running.id,
                 self.policy.shutdown_grace_s,
             )
             self._finalized.add(running.id)
-            final = shutdown_event(running)
-            if running.kind == "op":
-                self._finish(running, final)
-            else:
-                self._forget(running)
-                self._deliver(self.sessions.by_id.get(running.session), final)
+            self._end(running, shutdown_event(running))
         return True
 
     def _close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.close(self.policy.shutdown_grace_s)
+        self.decoders.shutdown(wait=False, cancel_futures=True)
         self.router.disable_monitor()
         self.monitor.close(0)
         self.router.close(linger=FLUSH_MS)  # the last events still reach live clients

@@ -1,14 +1,15 @@
-"""The one thread that uses the device: takes jobs from the fair queue and runs them.
+"""What a worker does with one task: run an op, warm a preset (`load`) or free one (`unload`), on the
+device whose models it owns.
 
-It owns no ZeroMQ socket: its events go to the I/O loop through a thread-safe inbox, so the loop can
-always close its sockets and end the ZeroMQ context, even while this thread is stuck inside a long
-step (shutdown never waits on the device). Nothing a job does can kill this thread.
+The executor knows nothing of sockets or of where it runs: a worker thread of the daemon, a child
+process (serving/pool/local.py) or a Ray actor (serving/pool/raypool.py) hands it a job and a way to
+emit progress events, and gets back the job's last message. Nothing a job does can escape it as an
+exception: every failure becomes a documented error.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -24,58 +25,47 @@ from ..ops.common import Patch
 from ..preprocessors import Preprocessors
 from ..progress import JobCancelled, StepReporter
 from .intake import loggable
-from .jobs import CANCEL_SHUTDOWN, FairQueue, Job
+from .jobs import CANCEL_SHUTDOWN, Job
 from .models import ModelManager
 
 log = logging.getLogger("underpaint.worker")
 
-#: What the worker hands the I/O loop: (job, message, kind) with kind "event" (progress), "final"
-#: (the job's last event: kept for its session) or "reply" (the answer to a load/unload request).
-Outbox = Callable[[Job, dict[str, Any], str], None]
+#: Where a running job's progress events go (the worker's link to the front end).
+Emit = Callable[[dict[str, Any]], None]
 
 
-class Worker(threading.Thread):
-    def __init__(
-        self, queue: FairQueue, models: ModelManager, outbox: Outbox, step_delay: float = 0.0
-    ) -> None:
-        super().__init__(name="underpaint-worker", daemon=True)
-        self.queue = queue
+class Executor:
+    """Runs tasks one at a time on one ModelManager (one device)."""
+
+    def __init__(self, models: ModelManager, step_delay: float = 0.0, start_delay: float = 0.0) -> None:
         self.models = models
-        self.outbox = outbox
         self.step_delay = step_delay  # TESTING ONLY: a slow device (seconds slept in every step)
+        self.start_delay = start_delay  # TESTING ONLY: a slow start (seconds slept before an op runs)
         self.preprocessors = Preprocessors()
-        self.current: Job | None = None
 
-    def run(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            self.current = job
-            try:
-                message, kind = self._dispatch(job)
-            except Exception:  # last line of defence: the worker must survive anything
-                log.error("unexpected failure in job %s:\n%s", job.id, traceback.format_exc())
-                message = _failure(
-                    job, ErrorCode.JOB_FAILED, "the job failed inside the daemon (its log says more)"
-                )
-                kind = "final" if job.kind == "op" else "reply"
-            job.state = "done"
-            self.current = None
-            self.outbox(job, message, kind)
+    def run(self, job: Job, emit: Emit) -> tuple[dict[str, Any], str]:
+        """Run one task; returns its last message and how to deliver it: "final" (an op's last
+        event, kept for its session) or "reply" (the answer to a load/unload request)."""
+        try:
+            if job.kind == "op":
+                return self._run_op(job, emit), "final"
+            return self._admin(job), "reply"
+        except Exception:  # last line of defence: the worker must survive anything
+            log.error("unexpected failure in job %s:\n%s", job.id, traceback.format_exc())
+            message = failure(
+                job, ErrorCode.JOB_FAILED, "the job failed inside the daemon (its log says more)"
+            )
+            return message, "final" if job.kind == "op" else "reply"
 
-    def _dispatch(self, job: Job) -> tuple[dict[str, Any], str]:
-        """Run one job; returns its last message and how to deliver it."""
-        if job.kind == "op":
-            return self._run_op(job), "final"
+    def _admin(self, job: Job) -> dict[str, Any]:
         if job.cancel_requested.is_set():
             if job.cancel_reason == CANCEL_SHUTDOWN:
-                return shutdown_event(job), "reply"
-            return cancelled_reply(job), "reply"
+                return shutdown_event(job)
+            return cancelled_reply(job)
         if job.kind == "unload":
             freed = self.models.unload(job.model)
-            return job.reply("unloaded", model=job.model, freed_bytes=freed), "reply"
-        return self._load(job), "reply"
+            return job.reply("unloaded", model=job.model, freed_bytes=freed)
+        return self._load(job)
 
     def _load(self, job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -89,9 +79,11 @@ class Worker(threading.Thread):
         return job.reply("loaded", model=job.model, op=job.op, seconds=seconds)
 
     # -- ops -----------------------------------------------------------------------------------
-    def _run_op(self, job: Job) -> dict[str, Any]:
+    def _run_op(self, job: Job, emit: Emit) -> dict[str, Any]:
         req = job.request
         assert req is not None
+        if self.start_delay:
+            job.cancel_requested.wait(self.start_delay)  # TESTING ONLY
         started = time.monotonic()
         if job.cancel_requested.is_set():
             return _stopped(job)
@@ -102,7 +94,7 @@ class Worker(threading.Thread):
             event = job.envelope("progress", step=step, total=total)
             if preview is not None:
                 event["preview"] = encode_image(preview)
-            self.outbox(job, event, "event")
+            emit(event)
             if self.step_delay:
                 time.sleep(self.step_delay)  # TESTING ONLY: a step longer than any internal timeout
 
@@ -120,19 +112,14 @@ class Worker(threading.Thread):
         except Exception as exc:
             code = ErrorCode.OUT_OF_MEMORY if is_out_of_memory(exc) else ErrorCode.JOB_FAILED
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            return _failure(job, code, f"{req.op} failed: {_first_line(exc) or type(exc).__name__}")
+            return failure(job, code, f"{req.op} failed: {_first_line(exc) or type(exc).__name__}")
         ran = time.monotonic()
         fmt = req.params.get("output_format", "raw")
         images = [encode_image(p.image, fmt, x=p.x, y=p.y, seed=p.seed, **p.labels) for p in patches]
-        finished = time.monotonic()
         load = self.models.load_seconds - load_before
-        timings = {
-            "queued": started - job.accepted_at,
-            "load": load,
-            "run": ran - started - load,
-            "total": finished - job.accepted_at,  # accepted -> result, encoding included
-        }
-        log.info("job %s done in %.2f s (load %.2f s)", job.id, timings["total"], load)
+        # `queued` and `total` are the front end's to fill in: only it saw the job accepted.
+        timings = {"queued": 0.0, "load": load, "run": ran - started - load, "total": 0.0}
+        log.info("job %s done in %.2f s (load %.2f s)", job.id, time.monotonic() - started, load)
         return job.envelope(
             "result",
             op=req.op,
@@ -163,6 +150,10 @@ class Worker(threading.Thread):
                 self.models.unload_others(req.preset.name)
         raise AssertionError("unreachable")
 
+    def state(self) -> dict[str, Any]:
+        """What the front end schedules by: the presets this worker has warm, and their bytes."""
+        return {"warm": self.models.warm(), "used_bytes": self.models.used_bytes()}
+
 
 def _stopped(job: Job) -> dict[str, Any]:
     """The final event of a job stopped before its end: `cancelled`, or `shutting_down`."""
@@ -174,9 +165,7 @@ def _stopped(job: Job) -> dict[str, Any]:
 def shutdown_event(job: Job) -> dict[str, Any]:
     """What a job's client gets when the daemon stops before the job could finish."""
     message = "the daemon is shutting down; the job did not finish: submit it again once it is back"
-    if job.kind != "op":
-        return job.reply("error", code=ErrorCode.SHUTTING_DOWN, message=message)
-    return job.envelope("error", code=ErrorCode.SHUTTING_DOWN, message=message)
+    return failure(job, ErrorCode.SHUTTING_DOWN, message)
 
 
 def cancelled_reply(job: Job) -> dict[str, Any]:
@@ -186,7 +175,8 @@ def cancelled_reply(job: Job) -> dict[str, Any]:
     )
 
 
-def _failure(job: Job, code: str, message: str) -> dict[str, Any]:
+def failure(job: Job, code: str, message: str) -> dict[str, Any]:
+    """A job's `error`: an event with `job` for ops, a plain reply for load/unload."""
     if job.kind != "op":
         return job.reply("error", code=code, message=message)
     return job.envelope("error", code=code, message=message)

@@ -11,13 +11,15 @@ Driven by the JSON file named in the UNDERPAINT_BATCH_SPEC environment variable:
                            selection mask), "mask" (a new white layer mask of the picture's layer);
                            default: the picture's layer,
               "then": [{"args": {...}, "drawables": "picture", "selected" (what GIMP has selected
-                        after the previous run) or "named:<layer name>"}]: more runs on the same
-                        image, each in entry["then"],
+                        after the previous run) or "named:<layer name>", "procedure": another
+                        procedure, run with only these args}]: more runs on the same image, each
+                        in entry["then"],
               "interactive": bool, "returns_image": bool}]}
 An argument given as {"layer": name} is the layer of that name (one of `layers`).
 Writes `<out>/result.json` (always, even on errors: gimp-console exits 0 on caught exceptions) with,
-per call: the PDB status, the error message, the duration, and the reloaded .xcf's layer tree with
-every layer's pixels dumped as raw RGBA files beside it.
+per call: the PDB status, the error message, the duration and wall-clock start and end, the int and
+string return values, and the reloaded .xcf's parasites and layer tree with every layer's pixels
+dumped as raw RGBA files beside it. A call's "picture" may be an .xcf saved by an earlier run.
 """
 
 import json
@@ -54,7 +56,8 @@ def dump(drawable, path, fmt="R'G'B'A u8"):
 def parasites(item):
     out = {}
     for name in item.get_parasite_list() or []:
-        out[name] = bytes(item.get_parasite(name).get_data()).decode("utf-8", "replace")
+        data = item.get_parasite(name).get_data()  # signed chars for some binary parasites
+        out[name] = bytes(value & 0xFF for value in data).decode("utf-8", "replace")
     return out
 
 
@@ -98,6 +101,7 @@ def save_and_describe(image, name):
         "width": again.get_width(),
         "height": again.get_height(),
         "layers": describe(again.get_layers(), name),
+        "parasites": parasites(again),
         "composite": dump(composite, os.path.join(OUT, f"{name}-composite.rgba")),
     }
     composite.delete()
@@ -155,16 +159,20 @@ def run_procedure(call, image, drawables, args, interactive):
     config.set_core_object_array("drawables", drawables)
     for key, value in args.items():
         config.set_property(key, value)
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     values = procedure.run(config)
-    seconds = time.monotonic() - started
+    seconds, ended_at = time.monotonic() - started, time.time()
     status = values.index(0)
     success = status == Gimp.PDBStatusType.SUCCESS
+    returned = [values.index(i) for i in range(1, values.length())] if success else []
     return values, {
         "status": status.value_nick if hasattr(status, "value_nick") else str(status),
         "success": success,
         "error": PDB.get_last_error() if not success else "",
         "seconds": seconds,
+        "started_at": started_at,  # wall clock, to compare with what the test did meanwhile
+        "ended_at": ended_at,
+        "returned": [v for v in returned if isinstance(v, (int, str))],
     }
 
 
@@ -201,7 +209,10 @@ def run_call(call):
     entry["then"] = []
     for more in call.get("then") or []:
         again = pick_drawables(image, layer, more.get("drawables") or "picture")
-        _, done = run_procedure(call, image, again, {**args, **more.get("args", {})}, False)
+        if more.get("procedure"):  # another procedure: only its own arguments
+            _, done = run_procedure(more, image, again, more.get("args", {}), False)
+        else:
+            _, done = run_procedure(call, image, again, {**args, **more.get("args", {})}, False)
         done["drawables"] = [d.get_name() for d in again]
         entry["then"].append(done)
     entry["layers_before"] = layers_before

@@ -1,5 +1,7 @@
 """Connection scenario, run inside real Krita: daemon down -> clear message -> recovery when it comes
-up; closing a document mid-job cancels its job; quitting Krita mid-job (checked by pytest afterwards).
+up; closing a never-saved document mid-job cancels its job (nowhere to put the result later);
+quitting Krita mid-job with only never-saved documents cancels it too (checked by pytest afterwards).
+A saved document's job goes on instead: scenario_restart.py.
 
 Talks to pytest through marker files in the output folder: `want_daemon` asks it to start the daemon
 on the endpoint that was down; `quitting` says which job is running while Krita quits.
@@ -11,7 +13,7 @@ import json
 from typing import Any
 
 from krita import Krita, Selection
-from scenario_lib import configure, open_picture, preview_layers, set_combo, wait_for_docker
+from scenario_lib import configure, new_document, preview_layers, set_combo, wait_for_docker
 
 
 def start_long_job(ctx: Any, docker: Any, doc: Any):
@@ -59,9 +61,9 @@ def scenario(ctx: Any):
     res["up_generate_tip"] = docker.generate_button.toolTip()  # no document yet
     ctx.log(f"up: {res['up_status']}")
 
-    # 3. Inpaint without a selection: Generate is off and says why; closing the document mid-job
-    # cancels its job.
-    doc = yield from open_picture(ctx, cfg["picture"])
+    # 3. Inpaint without a selection: Generate is off and says why; closing the never-saved document
+    # mid-job cancels its job.
+    doc = yield from new_document(ctx, cfg["picture"], "unsaved-close")
     set_combo(docker.form.mode_combo, "inpaint")
     yield ctx.wait(
         lambda: "Select a region first" in docker.status_label.full_text(),
@@ -89,8 +91,8 @@ def scenario(ctx: Any):
     )
     res["close_daemon_status"] = docker.connection.daemon_status
 
-    # 4. Quit Krita mid-job (documents still open): pytest checks the daemon dropped the job.
-    doc = yield from open_picture(ctx, cfg["picture"])
+    # 4. Quit Krita mid-job (a never-saved document still open): pytest checks the daemon dropped the job.
+    doc = yield from new_document(ctx, cfg["picture"], "unsaved-quit")
     job = yield from start_long_job(ctx, docker, doc)
     res["quit_job"] = job.job_id
     (ctx.out / "quitting").write_text(json.dumps({"job": job.job_id}))

@@ -60,6 +60,44 @@ def open_picture(ctx: Any, path: str) -> Any:
     return doc
 
 
+def new_document(ctx: Any, path: str, name: str = "unsaved") -> Any:
+    """A document that was never saved (no file), holding the picture at `path`, shown in a view."""
+    krita = Krita.instance()
+    source = krita.openDocument(path)
+    assert source is not None, f"Krita could not open {path}"
+    width, height = source.width(), source.height()
+    pixels = bytes(source.pixelData(0, 0, width, height))
+    source.close()
+    doc = krita.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
+    background = [n for n in doc.rootNode().childNodes() if n.type() == "paintlayer"][0]
+    background.setPixelData(pixels, 0, 0, width, height)
+    doc.refreshProjection()
+    krita.activeWindow().addView(doc)
+    yield ctx.wait(lambda: krita.activeDocument() == doc, 20, "the new document to become the active one")
+    assert not doc.fileName(), doc.fileName()
+    return doc
+
+
+def start_job(ctx: Any, docker: Any, mode: str, **fields: Any) -> Any:
+    """Press Generate and wait until the job runs (its first step and preview layer); returns the job."""
+    configure(docker, mode, **fields)
+    yield ctx.wait(
+        lambda: docker.generate_button.isEnabled(),
+        30,
+        f"Generate to be enabled (it says {docker.generate_button.toolTip()!r})",
+    )
+    docker.generate_button.click()
+    assert docker.is_busy(), f"the job did not start: {docker.message_label.full_text()}"
+    job = docker.job
+    yield ctx.wait(
+        lambda: job.step >= 1 and bool(job.context.preview and job.context.preview.node),
+        90,
+        f"the {mode} job to run (docker: {docker.message_label.full_text()!r})",
+    )
+    ctx.log(f"{mode}: running {job.job_id} (step {job.step} of {job.total})")
+    return job
+
+
 def add_paint_layer(doc: Any, name: str, bgra: bytes, above: Any, visible: bool = True) -> Any:
     node = doc.createNode(name, "paintlayer")
     above.parentNode().addChildNode(node, above)

@@ -18,7 +18,7 @@ from types import ModuleType
 from ..atomic import build_once
 from .common import Progress
 
-TINY_VERSION = "3"
+TINY_VERSION = "4"
 
 #: family name -> module of this package that builds it
 FAMILY_MODULES = {

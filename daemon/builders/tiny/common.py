@@ -229,6 +229,56 @@ def keep_hint_scale(controlnet: ControlNetModel, seed: int, name: str) -> Contro
     return controlnet
 
 
+#: How much larger the tiny UNets' cross-attention logits are than at their random init.
+ATTENTION_SHARPNESS = 8.0
+#: Side of the square picture the tiny ranking CLIP looks at (224 for openai/clip-vit-large-patch14).
+CLIP_IMAGE_SIZE = 32
+
+
+def sharpen_cross_attention(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Trained models attend sharply: a word's attention map points at the part of the picture that
+    shows it. At a random init the logits are tiny and every map is nearly uniform, so what works on
+    maps (Prompt-to-Prompt's injection, its local blend) would have nothing to act on. The keys of
+    every cross-attention layer are scaled up: the maps peak where they already pointed."""
+    import torch
+
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_k.weight.mul_(ATTENTION_SHARPNESS)
+    return unet
+
+
+def build_clip(dest: Path, seed: int) -> None:
+    """A tiny CLIP (text and vision towers projecting into one embedding space) laid out like
+    openai/clip-vit-large-patch14: model, tokenizer and image processor in one folder. Presets rank
+    their pictures with it (the `clip` role)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionConfig
+
+    tokenizer = make_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=CLIP_IMAGE_SIZE,
+        patch_size=4,
+        hidden_act="quick_gelu",
+    )
+    config = CLIPConfig(
+        text_config=clip_text_config(tokenizer).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=TEXT_HIDDEN,
+    )
+    manual_seed(seed, "clip")
+    CLIPModel(config).eval().save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    size = CLIP_IMAGE_SIZE
+    CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    ).save_pretrained(dest)
+
+
 def sd_scheduler() -> Any:
     """SD-1.5's default scheduler config."""
     from diffusers import PNDMScheduler

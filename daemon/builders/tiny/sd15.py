@@ -13,6 +13,9 @@ Layout under the destination folder (see ``FOLDERS``):
 - ``controlnet-{canny,lineart,scribble,depth}/``: ControlNetModel folders matching base's UNet.
 - ``upscale-x4/``: StableDiffusionUpscalePipeline (UNet 7 channels, 4x VAE).
 - ``upscale-latent-x2/``: StableDiffusionLatentUpscalePipeline (vae/text parts copied from base).
+- ``clip/``: a CLIPModel with its tokenizer and image processor, for ranking pictures (``rank``).
+
+Every text-conditioned UNet attends sharply (``sharpen_cross_attention``), as trained ones do.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .common import (
     SHARED_PARTS,
     TEXT_HIDDEN,
     Progress,
+    build_clip,
     controlnet_from_unet,
     copy_shared,
     keep_hint_scale,
@@ -34,6 +38,7 @@ from .common import (
     manual_seed,
     no_safety,
     sd_scheduler,
+    sharpen_cross_attention,
 )
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
@@ -47,6 +52,7 @@ FOLDERS = (
     *(f"controlnet-{kind}" for kind in CONTROLNET_KINDS),
     "upscale-x4",
     "upscale-latent-x2",
+    "clip",
 )
 
 
@@ -58,7 +64,7 @@ def make_sd_unet(seed: int, in_channels: int, name: str) -> UNet2DConditionModel
     from diffusers import UNet2DConditionModel
 
     manual_seed(seed, name)
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=NATIVE_RESOLUTION // 8,
         in_channels=in_channels,
         out_channels=4,
@@ -70,6 +76,7 @@ def make_sd_unet(seed: int, in_channels: int, name: str) -> UNet2DConditionModel
         attention_head_dim=8,
         norm_num_groups=32,
     ).eval()
+    return sharpen_cross_attention(unet)
 
 
 def make_controlnet(unet: UNet2DConditionModel, seed: int, kind: str) -> ControlNetModel:
@@ -242,5 +249,7 @@ def build(dest: Path, seed: int = 0, progress: Progress | None = None) -> Path:
     _build_controlnets(dest, seed, parts["unet"], say)
     _build_upscale_x4(dest, seed, parts, say)
     _build_latent_x2(dest, seed, parts, say)
+    say("clip (for ranking)")
+    build_clip(dest / "clip", seed)
     say("done")
     return dest

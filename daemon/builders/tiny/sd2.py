@@ -18,6 +18,7 @@ Layout under the destination folder (see ``FOLDERS``):
   image processor, PNDM epsilon).
 - ``controlnet-canny/``: a ControlNetModel matching base's UNet.
 - ``upscale-x4/``: StableDiffusionUpscalePipeline (7-channel UNet, 4x VAE) over base's text encoder.
+- ``clip/``: a CLIPModel with its tokenizer and image processor, for ranking pictures (``rank``).
 
 Subfolders named in ``SHARED_PARTS`` are byte-identical copies of base's, as in the real repos.
 """
@@ -31,6 +32,7 @@ from .common import (
     NATIVE_RESOLUTION,
     SHARED_PARTS,
     Progress,
+    build_clip,
     clip_text_config,
     controlnet_from_unet,
     copy_shared,
@@ -39,6 +41,7 @@ from .common import (
     manual_seed,
     no_safety,
     sd_scheduler,
+    sharpen_cross_attention,
 )
 from .sd15 import x4_schedulers
 
@@ -46,7 +49,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, DPTForDepthEstimation, DPTImageProcessor
 
-FOLDERS = ("base", "inpaint", "depth", "controlnet-canny", "upscale-x4")
+FOLDERS = ("base", "inpaint", "depth", "controlnet-canny", "upscale-x4", "clip")
 
 #: Width of the tiny OpenCLIP-shaped text encoder (= the UNets' cross-attention width).
 TEXT_HIDDEN = 64
@@ -71,7 +74,7 @@ def make_unet(seed: int, in_channels: int, name: str, upcast: bool = False) -> U
     from diffusers import UNet2DConditionModel
 
     manual_seed(seed, f"sd2/{name}")
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=NATIVE_RESOLUTION // 8,
         in_channels=in_channels,
         out_channels=4,
@@ -85,6 +88,7 @@ def make_unet(seed: int, in_channels: int, name: str, upcast: bool = False) -> U
         use_linear_projection=True,
         upcast_attention=upcast,
     ).eval()
+    return sharpen_cross_attention(unet)
 
 
 def make_depth_estimator(seed: int) -> DPTForDepthEstimation:
@@ -237,5 +241,7 @@ def build(dest: Path, seed: int = 0, progress: Progress | None = None) -> Path:
     _build_depth(dest, seed, parts, say)
     _build_controlnet(dest, seed, parts["unet"], say)
     _build_upscale_x4(dest, seed, parts, say)
+    say("clip (for ranking)")
+    build_clip(dest / "clip", seed)
     say("done")
     return dest

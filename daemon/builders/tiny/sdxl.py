@@ -14,6 +14,9 @@ Layout under the destination folder (see ``FOLDERS``):
   byte-identical copies of base's vae, text_encoder_2, tokenizer_2 and scheduler.
 - ``inpaint/``: StableDiffusionXLInpaintPipeline (UNet 9 channels), other parts copied from base.
 - ``controlnet-canny/``: a ControlNetModel matching base's UNet (8x hint encoder, random zero convs).
+- ``clip/``: a CLIPModel with its tokenizer and image processor, for ranking pictures (``rank``).
+
+The UNets attend sharply (``sharpen_cross_attention``), as trained ones do.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .common import (
     NATIVE_RESOLUTION,
     TEXT_HIDDEN,
     Progress,
+    build_clip,
     clip_text_config,
     controlnet_from_unet,
     copy_shared,
@@ -34,6 +38,7 @@ from .common import (
     make_tokenizer,
     make_vae,
     manual_seed,
+    sharpen_cross_attention,
 )
 
 if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
@@ -41,7 +46,7 @@ if TYPE_CHECKING:  # heavy imports stay lazy so importing this module is cheap
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 CONTROLNET_KINDS = ("canny",)
-FOLDERS = ("base", "refiner", "inpaint", *(f"controlnet-{kind}" for kind in CONTROLNET_KINDS))
+FOLDERS = ("base", "refiner", "inpaint", *(f"controlnet-{kind}" for kind in CONTROLNET_KINDS), "clip")
 
 #: Width of the second (OpenCLIP bigG in real SDXL) encoder: unlike the first, so mix-ups fail.
 TEXT2_HIDDEN = 48
@@ -77,7 +82,7 @@ def make_sdxl_unet(seed: int, name: str, in_channels: int = 4, refiner: bool = F
     cross = TEXT2_HIDDEN if refiner else TEXT_HIDDEN + TEXT2_HIDDEN
     numbers = 5 if refiner else 6
     manual_seed(seed, name)
-    return UNet2DConditionModel(
+    unet = UNet2DConditionModel(
         sample_size=NATIVE_RESOLUTION // 8,
         in_channels=in_channels,
         out_channels=4,
@@ -94,6 +99,7 @@ def make_sdxl_unet(seed: int, name: str, in_channels: int = 4, refiner: bool = F
         projection_class_embeddings_input_dim=numbers * TIME_EMBED + TEXT2_HIDDEN,
         norm_num_groups=32,
     ).eval()
+    return sharpen_cross_attention(unet)
 
 
 def make_controlnet(unet: UNet2DConditionModel, seed: int, kind: str) -> ControlNetModel:
@@ -189,5 +195,7 @@ def build(dest: Path, seed: int = 0, progress: Progress | None = None) -> Path:
     for kind in CONTROLNET_KINDS:
         say(f"controlnet-{kind}")
         make_controlnet(parts["unet"], seed, kind).save_pretrained(dest / f"controlnet-{kind}")
+    say("clip (for ranking)")
+    build_clip(dest / "clip", seed)
     say("done")
     return dest

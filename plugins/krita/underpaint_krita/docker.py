@@ -2,7 +2,11 @@
 strip, and the glue between the document (placing.py, document.py) and the daemon (connection.py).
 
 Everything runs on Krita's UI thread; the only network work is `Connection.tick()`, called from a
-QTimer, which never blocks. Closing the document cancels its job; quitting Krita cancels every job.
+QTimer, which never blocks. A lost daemon shows on the status line within about 3 s; the running job
+waits and resumes with the link. Closing a saved document, or quitting Krita, mid-job does not stop
+the job: it is parked (parking.py) and its result is placed when the document is open again, after a
+restart too (the session token and the job are kept in pending.py's file). A document that was
+never saved has nowhere to be found again: closing it (or quitting) cancels its job.
 
 What the painter reads under the buttons, one line each: the status line says why Generate is off
 (also its tooltip), else the daemon's state; the message line shows the running job's progress
@@ -21,11 +25,10 @@ from dataclasses import asdict
 from typing import Any
 
 from krita import DockWidget, Krita
-from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtCore import QStandardPaths, Qt, QTimer
 from PyQt5.QtWidgets import (
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -35,13 +38,18 @@ from PyQt5.QtWidgets import (
 
 from . import form_state, history, presets
 from .connection import DEFAULT_ENDPOINT, Connection, ConnState, NotConnected
+from .daemon_settings import DaemonSettings
 from .document import InputError, capture, document_problem
 from .form import Form
 from .jobs import Job, JobState
 from .layers import layers_of
 from .modes import FormValues, build_params, validate
+from .parking import Parking, file_name
+from .pending import FILE_NAME, PendingStore
 from .placing import JobContext, clean_up, document_name, history_entry, place_result, show_preview
 from .progress import Progress, expected
+from .resume import document_path
+from .reword import RewordPanel
 from .strip import HistoryStrip
 from .widgets import ElidedLabel
 
@@ -70,14 +78,24 @@ class UnderpaintDocker(DockWidget):
         self._last_target: Any = None  # where the last job wrote (its painter's layer is given back)
         self._handling = 0  # > 0 while a job event is being handled
         endpoint = _setting("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT
-        self.connection = Connection(endpoint, on_change=self._connection_changed, on_job=self._job_event)
+        key_paths = (_setting("server_key", ""), _setting("client_key", ""))
+        self.store = PendingStore(store_path())
+        self.parking = Parking(Krita.instance(), self.store, lambda: self.connection.welcome)
+        self.connection = Connection(
+            endpoint,
+            keys=key_paths if any(key_paths) else None,
+            session=free_session(self.store.session(endpoint)),
+            on_change=self._connection_changed,
+            on_job=self._job_event,
+            on_session=self._session_changed,
+        )
         self.form = Form(
             self._layer_choices,
             saved_model=lambda: _setting("model", ""),
             save_model=lambda name: Krita.instance().writeSetting(SETTINGS_GROUP, "model", name),
         )
         self.form.reuse_seed_button.clicked.connect(self.reuse_seed)
-        self._build_ui(endpoint)
+        self._build_ui(endpoint, key_paths)
         saved = form_state.decode(_setting("form", ""))
         if saved is not None:
             form_state.restore(self.form, saved)
@@ -95,29 +113,20 @@ class UnderpaintDocker(DockWidget):
         connection = self.connection
         self.destroyed.connect(lambda *_: close_connection(connection))
         self.connection.start()
+        self._adopt_pending()
         self._connection_changed()
 
     # -- UI ----------------------------------------------------------------------------------------
-    def _build_ui(self, endpoint: str) -> None:
+    def _build_ui(self, endpoint: str, key_paths: tuple[str, str]) -> None:
         """Model, mode and prompt on top and Generate below never scroll; the rest does."""
-        self.endpoint_edit = QLineEdit(endpoint)
-        self.endpoint_edit.setToolTip("the daemon's ZeroMQ endpoint (`underpaint serve --endpoint ...`)")
-        self.endpoint_edit.setMinimumWidth(40)
-        self.endpoint_edit.returnPressed.connect(self.reconnect)
-        self.connect_button = QPushButton("Connect")
-        self.connect_button.setToolTip("connect to the endpoint now (the docker also retries by itself)")
-        self.connect_button.clicked.connect(self.reconnect)
-        daemon = QWidget()
-        row = QHBoxLayout(daemon)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.endpoint_edit, 1)
-        row.addWidget(self.connect_button)
-        label = QLabel("Daemon")
-        label.setToolTip(self.endpoint_edit.toolTip())
-        self.form.advanced_rows.add(label, daemon)
+        self.daemon = DaemonSettings(self.form.advanced_rows, endpoint, *key_paths, on_connect=self.reconnect)
+        self.endpoint_edit, self.connect_button = self.daemon.endpoint_edit, self.daemon.connect_button
         self.strip = HistoryStrip()
         self.strip.picked.connect(self.reuse_entry)
         self.form.history_section.content.layout().addWidget(self.strip)
+        self.reword_panel = RewordPanel(self.reword)
+        body = self.form.body.layout()
+        body.insertWidget(body.indexOf(self.form.history_section) + 1, self.reword_panel.section)
         self.form.body.layout().addStretch(1)
 
         footer = QVBoxLayout()
@@ -210,11 +219,37 @@ class UnderpaintDocker(DockWidget):
 
     # -- actions -----------------------------------------------------------------------------------
     def reconnect(self) -> None:
-        endpoint = self.endpoint_edit.text().strip() or DEFAULT_ENDPOINT
-        Krita.instance().writeSetting(SETTINGS_GROUP, "endpoint", endpoint)
-        if self.job is not None and not self.job.finished:
+        """Connect: the same daemon and keys resume the session (jobs go on); others cancel them."""
+        endpoint, keys = self.daemon.endpoint(), self.daemon.keys()
+        krita = Krita.instance()
+        krita.writeSetting(SETTINGS_GROUP, "endpoint", endpoint)
+        for name, value in zip(("server_key", "client_key"), self.daemon.key_paths(), strict=True):
+            krita.writeSetting(SETTINGS_GROUP, name, value)
+        changed = (endpoint, keys) != (self.connection.endpoint, self.connection.keys)
+        if changed and self.job is not None and not self.job.finished:
             self._show(f"{self.job.op} job cancelled: switching daemons.")
-        self.connection.set_endpoint(endpoint, force=True)
+        session = free_session(self.store.session(endpoint)) if changed else None
+        self.connection.set_endpoint(endpoint, keys=keys, session=session, force=True)
+        if changed:
+            self._adopt_pending()
+
+    def _adopt_pending(self) -> None:
+        """Jobs kept from before a Krita restart for this daemon's session: resumed and fetched."""
+        adopted = self.parking.adopt(self.connection)
+        if adopted:
+            names = sorted({self.parking.describe(job) for job in adopted})
+            self._show(
+                f"Resuming {len(adopted)} job(s) from before Krita was restarted ({'; '.join(names)}): each "
+                "result goes into its document when it is ready and the document is open."
+            )
+
+    def _session_changed(self, token: str) -> None:
+        """A welcome named our session: keep its token for the next Krita start."""
+        claim_session(self.connection, token)
+        try:
+            self.store.set_session(self.connection.endpoint, token)
+        except OSError as exc:
+            self._show(f"Could not keep the session for a restart ({exc}).", error=True)
 
     def reuse_seed(self) -> None:
         if self.last_seed is not None:
@@ -249,14 +284,17 @@ class UnderpaintDocker(DockWidget):
             self._show(str(exc), error=True, until=self._changed())
             return
         params = build_params(form, size=captured.size, spec=self.form.spec())
+        anchor = doc.activeNode()
         context = JobContext(
             doc=doc,
             form=form,
             mode=mode,
             label=label,
             capture=captured,
-            anchor=doc.activeNode(),
+            anchor=anchor,
             progress=Progress(expected(params)),
+            path=document_path(doc),
+            anchor_id=anchor.uniqueId().toString() if anchor is not None else "",
         )
         try:
             self.job = self.connection.submit(
@@ -277,6 +315,36 @@ class UnderpaintDocker(DockWidget):
         what = "region" if not mode.sends_image else "sent"
         self._show(f"{label}: {what} {r.width}x{r.height} px at ({r.x}, {r.y}); waiting for the daemon...")
         self._refresh_state()
+
+    def reword(self) -> None:
+        """Reword the result layer picked in the Layers docker (reword.py); placed like any result."""
+        self._refresh_state()
+        doc, panel = self.document(), self.reword_panel
+        if panel.problem is not None or doc is None:
+            return
+        built = panel.build(doc, self.connection.welcome)
+        if built is None:
+            return
+        params, context = built
+        try:
+            self.job = self.connection.submit(
+                "reword", params, {}, model=context.form.model or None, preview=True, context=context
+            )
+        except NotConnected as exc:
+            self._show(str(exc), error=True)
+            return
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("waiting for the daemon")
+        self._show(f"Reword: {panel.node.name()} with the new prompt; waiting for the daemon...")
+        self._refresh_state()
+
+    def _reword_off(self, doc: Any) -> str | None:
+        """Why no Reword can start now, whatever the layer (None: it can)."""
+        if self.is_busy():
+            return "A job is running: wait for it, or press Cancel."
+        if self.connection.state is not ConnState.CONNECTED:
+            return self.connection.describe()
+        return document_problem(doc)
 
     def generate_problem(self) -> str | None:
         """Why Generate cannot run now (None: it can)."""
@@ -324,7 +392,8 @@ class UnderpaintDocker(DockWidget):
             if now - self._checked > CHECK_INTERVAL:
                 self._checked = now
                 if self.job is not None and not self.job.finished:
-                    self._cancel_if_document_closed(self.job)
+                    self._follow_document(self.job)
+                self._place_parked()
                 self._refresh_state()
             if now - self._saved_at > SAVE_INTERVAL:
                 self._saved_at = now
@@ -333,15 +402,46 @@ class UnderpaintDocker(DockWidget):
         except Exception as exc:  # never let an exception escape into Krita's event loop every 40 ms
             self._show(f"Internal error: {type(exc).__name__}: {exc}", error=True)
 
-    def _cancel_if_document_closed(self, job: Job) -> None:
+    def _follow_document(self, job: Job) -> None:
+        """The job's document: saved under a new name (the record follows), or closed: a saved one's
+        job is parked (its result waits for the file to be opened), an unsaved one's is cancelled."""
         context: JobContext = job.context
         if context.doc is None:
             return
-        if not any(doc == context.doc for doc in Krita.instance().documents()):
-            context.doc, context.closed = None, True
-            context.target = context.preview = None
-            self.connection.cancel(job)
-            self._show("The document was closed: its job was cancelled.")
+        if any(doc == context.doc for doc in Krita.instance().documents()):
+            path = document_path(context.doc)
+            if path and path != context.path:
+                context.path = path
+                self.parking.remember(job, self.connection)
+            return
+        name = file_name(context.path)  # the closed document itself can no longer say its name
+        if context.path:
+            self.parking.park(job, f"{name} was closed")
+            self.job = None
+            self._show(
+                f"{name} was closed: {context.label} goes on, and its result is added when you open "
+                f"{name} again."
+            )
+            return
+        context.doc, context.closed = None, True
+        context.target = context.preview = None
+        self.connection.cancel(job)
+        self._show("The document was closed: its job was cancelled.")
+
+    def _place_parked(self) -> None:
+        """Results that waited for their document, now that it is open."""
+        for job in self.parking.waiting():
+            try:
+                text = self.parking.try_place(job)
+            except Exception as exc:  # a Krita API surprise: say so once, do not retry every tick
+                traceback.print_exc()
+                self.parking.forget(job)
+                self._show(f"{self.parking.describe(job)}: could not add the result: {exc}", error=True)
+                continue
+            if text is not None:
+                self._show(text)
+                self._last_target = job.context.target or self._last_target
+                self._refresh_history()
 
     def _save_settings(self) -> None:
         """Every form field, the mode and the folded sections go to Krita's settings when they change."""
@@ -403,6 +503,8 @@ class UnderpaintDocker(DockWidget):
         self.generate_button.setToolTip(GENERATE_TIP if self.blocker is None else f"Off: {self.blocker}")
         self.cancel_button.setEnabled(busy and not (self.job is not None and self.job.cancel_requested))
         self.progress_bar.setVisible(busy)  # room for the form while idle
+        doc = self.document()
+        self.reword_panel.follow(doc, self.connection.welcome, self._reword_off(doc))
         if self._message_until is not None and self._message_until():
             self._message, self._message_until = ("", False), None
         self._render_status()
@@ -421,7 +523,7 @@ class UnderpaintDocker(DockWidget):
 
     def _render_message(self) -> None:
         text, style = self._message[0], ERROR_STYLE if self._message[1] else ""
-        if self.is_busy():
+        if self.is_busy() and self.job is not None:
             text, style = self._job_line(), ""
         if self.message_label.full_text() != text:
             self.message_label.set_full_text(text)
@@ -437,6 +539,8 @@ class UnderpaintDocker(DockWidget):
         shown = self.document()
         if context.doc is not None and (shown is None or not shown == context.doc):
             label += f" in {document_name(context.doc)}"
+        if not self.connection.connected and not job.cancel_requested:
+            return f"{label}: the daemon is out of reach; the job goes on there and resumes when it is back."
         if job.state is JobState.SUBMITTING:
             return self._message[0] if not job.cancel_requested else f"{label}: cancelling..."
         if job.state is JobState.QUEUED:
@@ -449,6 +553,9 @@ class UnderpaintDocker(DockWidget):
     def _connection_changed(self) -> None:
         state = self.connection.state
         color = {ConnState.CONNECTED: "#2e7d32", ConnState.CONNECTING: "#8d6e00"}.get(state, "#c62828")
+        self.status_dot.setToolTip(
+            f"the connection: green connected, yellow connecting, red not connected (now: {state.value})"
+        )
         self.status_dot.setText(f'<span style="color:{color}">\u25cf</span>')
         welcome = self.connection.welcome
         if state is ConnState.CONNECTED and welcome is not None and welcome is not self._welcome_seen:
@@ -458,9 +565,13 @@ class UnderpaintDocker(DockWidget):
 
     def _job_event(self, job: Job, kind: str, message: dict[str, Any]) -> None:
         # Krita's API may run the event loop while the result goes in (waitForDone): the docker is busy
-        # until the job's end is fully handled, so nothing sees a finished job half-placed.
-        self._handling += 1
+        # until the job's end is fully handled, so nothing sees a finished job half-placed. (A parked
+        # job's events do not make it busy: it is not the job the painter is waiting for.)
+        current = job is self.job
+        self._handling += current
         try:
+            if kind == "accepted":
+                self._remember(job)
             try:
                 self._apply_job_event(job, kind, message)
             except Exception as exc:  # a Krita API surprise must not leave the docker stuck "busy"
@@ -469,22 +580,46 @@ class UnderpaintDocker(DockWidget):
                 self._show(f"{job.op}: could not update the document: {why}", error=True)
                 if not job.finished:
                     self.connection.cancel(job)
+                else:
+                    self.parking.forget(job)
+            if job.finished and not (job.state is JobState.DONE and job in self.parking.waiting()):
+                self.parking.forget(job)  # placed, or ended without a result: nothing left to keep
             if job.finished:
                 self.history.append(history_entry(job))
                 self._last_target = job.context.target or self._last_target
                 self._refresh_history()
         finally:
-            self._handling -= 1
+            self._handling -= current
         self._refresh_state()
+
+    def _remember(self, job: Job) -> None:
+        """Accepted: a job of a saved document is kept (pending.py) until its result is placed."""
+        context: JobContext = job.context
+        if context.doc is not None:
+            context.path = document_path(context.doc)
+        try:
+            self.parking.remember(job, self.connection)
+        except OSError as exc:
+            self._show(f"Could not keep the job for a restart ({exc}); it runs all the same.", error=True)
 
     def _apply_job_event(self, job: Job, kind: str, message: dict[str, Any]) -> None:
         context: JobContext = job.context
-        if kind == "progress":
+        if job is self.job and context.doc is not None:
+            self._follow_document(job)  # closed since the last check: a closed document is never touched
+        if kind == "progress" and job is self.job:
             context.progress.update(job.step, job.total)
             self.progress_bar.setValue(context.progress.percent)
             self.progress_bar.setFormat(context.progress.text())
             if message.get("preview") and not job.cancel_requested:
                 show_preview(context, message["preview"])
+                node = context.preview.node if context.preview is not None else None
+                if node is not None and not context.preview_id:  # found again in a document saved now
+                    context.preview_id = node.uniqueId().toString()
+                    self._remember(job)
+        elif kind == "result" and context.parked:
+            text = self.parking.try_place(job)
+            where = self.parking.describe(job)
+            self._show(text or f"{where} is ready: it is added when you open {file_name(context.path)}.")
         elif kind == "result":
             self.last_seed = int((job.result or {}).get("seed", 0))
             self.form.last_seed_label.setText(f"last: {self.last_seed}")
@@ -520,7 +655,8 @@ class UnderpaintDocker(DockWidget):
             until = self._connected_again()
         else:
             until = self._changed()
-        self._show(f"{context.label} failed: {job.message}", error=True, until=until)
+        label = self.parking.describe(job) if context.parked else context.label
+        self._show(f"{label} failed: {job.message}", error=True, until=until)
 
     def _connected_again(self) -> Callable[[], bool]:
         seen = self.connection.welcome
@@ -534,19 +670,51 @@ def _setting(key: str, default: str) -> str:
     return str(Krita.instance().readSetting(SETTINGS_GROUP, key, default) or "")
 
 
+def store_path() -> str:
+    """pending.py's file, beside Krita's own data (e.g. ~/.local/share/krita/underpaint-pending.json)."""
+    folder = QStandardPaths.writableLocation(QStandardPaths.AppDataLocation)
+    return f"{folder}/{FILE_NAME}"
+
+
 OPEN_CONNECTIONS: list[Connection] = []  # strong references: a connection must live until it is closed
+SESSIONS: dict[str, Connection] = {}  # session token -> the connection of this Krita that holds it
+
+
+def free_session(token: str | None) -> str | None:
+    """A kept token, unless another docker of this Krita (another window) holds that session."""
+    return token if token and token not in SESSIONS else None
+
+
+def claim_session(connection: Connection, token: str) -> None:
+    for old in [t for t, c in SESSIONS.items() if c is connection and t != token]:
+        del SESSIONS[old]
+    SESSIONS[token] = connection
+
+
+def _kept(job: Job) -> bool:
+    """Quitting: a job of a saved document goes on (its result is placed after the restart)."""
+    return bool(getattr(job.context, "path", "")) and not getattr(job.context, "reword_of", "")
 
 
 def close_connection(connection: Connection) -> None:
-    """Cancel the connection's jobs on the daemon (waiting up to 1 s for it to hear) and close it."""
+    """Close the connection: jobs of saved documents go on on the daemon (kept in pending.py's file for
+    the next start); the others are cancelled there (waiting up to 1 s for it to hear)."""
     if connection in OPEN_CONNECTIONS:
         OPEN_CONNECTIONS.remove(connection)
-    live = len(connection.active_jobs())
+    for token in [t for t, c in SESSIONS.items() if c is connection]:
+        del SESSIONS[token]
+    live = connection.active_jobs()
+    kept = sum(1 for job in live if job.job_id and _kept(job))
     connection.on_change = lambda: None  # the docker's widgets may be gone already
     connection.on_job = lambda job, kind, message: None
-    connection.close(wait=1.0)
-    if live:
-        print(f"underpaint: cancelled {live} job(s) on the daemon at {connection.endpoint}", file=sys.stderr)
+    connection.close(wait=1.0, keep=_kept)
+    if len(live) > kept:
+        print(f"underpaint: cancelled {len(live) - kept} job(s) at {connection.endpoint}", file=sys.stderr)
+    if kept:
+        print(
+            f"underpaint: {kept} job(s) go on at {connection.endpoint}; resumed at the next start",
+            file=sys.stderr,
+        )
 
 
 def close_all_connections() -> None:

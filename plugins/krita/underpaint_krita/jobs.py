@@ -1,9 +1,11 @@
 """The life of one job as the docker sees it, driven by daemon messages (pure Python, unit-tested).
 
 SUBMITTING --accepted--> QUEUED --progress--> RUNNING --result--> DONE
-any live state --error--> FAILED, --cancelled--> CANCELLED, --connection lost--> FAILED.
+any live state --error--> FAILED, --cancelled--> CANCELLED, --job lost--> FAILED.
 A cancel asked before `accepted` is sent as soon as the job id is known; a result that races a cancel
-the painter asked for is dropped (they said they did not want it).
+the painter asked for is dropped (they said they did not want it). A dropped link is no state: the job
+waits, and its events (or its kept final event) come once the session is resumed. An `adopted` job
+was submitted before a Krita restart and starts QUEUED with its id.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Job:
     cancel_requested: bool = False
     cancel_sent: bool = False
     missing_from_status: int = 0
+    adopted: bool = False  # submitted before a Krita restart, resumed with the session
+    orphaned_at: float | None = None  # a link was renewed before `accepted`: when (it may never come)
     events: list[str] = field(default_factory=list)
 
     @property

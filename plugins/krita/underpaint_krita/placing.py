@@ -38,6 +38,11 @@ class JobContext:
     submitted: float = field(default_factory=time.monotonic)
     placed: list[tuple[Any, Any]] = field(default_factory=list)
     closed: bool = False  # its document was closed while it ran
+    path: str = ""  # its document's file ("" never saved): where the result goes once doc is gone
+    anchor_id: str = ""  # uniqueId of `anchor`, and of the preview layer: to find them again
+    preview_id: str = ""
+    parked: str = ""  # why the job goes on without its document open ("" it is open)
+    reword_of: str = ""  # a Reword job: uniqueId of the result layer it rewords (reword.py)
 
 
 def document_name(doc: Any) -> str:
@@ -77,7 +82,8 @@ def layer_names(context: JobContext, result: dict[str, Any], fallback_seed: int)
         preset = str(image.get("model") or result.get("model") or "")
         entry = compare_entry(result, preset) if context.form.mode == "compare" else None
         seconds = float(entry.get("run") or 0.0) if entry is not None else None
-        names.append(layer_name(context.form, int(image.get("seed", fallback_seed)), preset, seconds))
+        label = "Reword" if context.reword_of else None
+        names.append(layer_name(context.form, int(image.get("seed", fallback_seed)), preset, seconds, label))
     return names
 
 
@@ -94,6 +100,8 @@ def place_result(krita: Any, context: JobContext, result: dict[str, Any], welcom
         "source_layers": context.capture.source_layers,
         "region": context.capture.region.as_list(),
     }
+    if context.reword_of:
+        extra["reword_of"] = context.reword_of
     if context.mode.op == "upscale":
         title = f"Upscaled x{context.form.factor} #{seed}"
         new_doc = open_upscaled(krita, result, title, names)

@@ -24,10 +24,13 @@ def text_head(form: FormValues, limit: int = 40) -> str:
     return words if len(words) <= limit else words[: limit - 1].rstrip() + "\u2026"
 
 
-def layer_name(form: FormValues, seed: int, preset: str = "", seconds: float | None = None) -> str:
-    """e.g. 'Inpaint #1234 (sd15): a red fox', or with Compare's time: 'Refine #7 (sdxl, 2.1 s): ...'."""
+def layer_name(
+    form: FormValues, seed: int, preset: str = "", seconds: float | None = None, label: str | None = None
+) -> str:
+    """e.g. 'Inpaint #1234 (sd15): a red fox', or with Compare's time: 'Refine #7 (sdxl, 2.1 s): ...';
+    `label` replaces the mode's (Reword)."""
     head = text_head(form)
-    label = form.run_mode().label
+    label = label or form.run_mode().label
     tags = [t for t in (preset, f"{seconds:.2f} s" if seconds is not None else "") if t]
     name = f"{label} #{seed}" + (f" ({', '.join(tags)})" if tags else "")
     return f"{name}: {head}" if head else name

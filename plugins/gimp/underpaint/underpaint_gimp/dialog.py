@@ -21,6 +21,8 @@ gi.require_version("Gtk", "3.0")
 from gi.repository import Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 
 from . import job as jobs  # noqa: E402
+from .connection import recall  # noqa: E402
+from .keys import CLIENT_ARG, SERVER_ARG, KeyFiles  # noqa: E402
 from .modes import MODEL, Arg, Mode, effective  # noqa: E402
 from .presets import Catalog, Preset, help_text  # noqa: E402
 from .prompt_errors import PromptError  # noqa: E402
@@ -29,6 +31,11 @@ from .request import UserError  # noqa: E402
 ASK_TIMEOUT = 2.0  # s: a daemon that is up answers `hello` in milliseconds
 HELP_WIDTH = 72  # characters per line of the explanation under the picker
 ABOUT_HEIGHT = 118  # px: about seven lines of the family's paragraph before it scrolls
+KEYS, KEYS_BOX, KEYS_TITLE = "underpaint-keys", "underpaint-keys-box", "underpaint-keys-title"
+KEYS_TOOLTIP = (
+    "Only for a daemon started with keys (underpaint serve --keys DIR), which encrypts the connection "
+    "and lets in only the key pairs it knows; a daemon on this computer needs none"
+)
 SETTINGS = "family-settings"  # the argument whose tooltip lists the picked preset's own parameters
 # Prompt arguments -> the wire parameter whose `syntax` the preset's op spec states.
 PROMPTS = {"prompt": "prompt", "negative-prompt": "negative_prompt", "instruction": "instruction"}
@@ -54,9 +61,11 @@ def run_dialog(
             "non-interactively (RUN-NONINTERACTIVE) with its arguments instead."
         )
     GimpUi.init("underpaint")
+    if problem is None:
+        recall(config)
     title = f"Underpaint {mode.title}" + (f" (fix {problem.what})" if problem is not None else "")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
-    dialog.fill([arg.name for arg in mode.args if arg.kind != "strings" and arg.name != "model"])
+    dialog.fill(_fields(dialog, config, mode))
     kind = ComparePicker if mode.key == "compare" else PresetPicker
     picker = kind(dialog, config, mode)
     content = dialog.get_content_area()
@@ -70,6 +79,23 @@ def run_dialog(
         return bool(dialog.run())
     finally:
         dialog.destroy()
+
+
+def _fields(dialog: GimpUi.ProcedureDialog, config: Gimp.ProcedureConfig, mode: Mode) -> list[str]:
+    """The dialog's rows, the two key files folded in an expander (open when either is set): most
+    painters run the daemon on their own computer and need no keys."""
+    names = [arg.name for arg in mode.args if arg.kind != "strings" and arg.name != "model"]
+    keys = [name for name in names if name in (SERVER_ARG, CLIENT_ARG)]
+    if not keys:
+        return names
+    title = dialog.get_label(KEYS_TITLE, "Keys (for a daemon on the network)", False, False)
+    title.set_tooltip_text(KEYS_TOOLTIP)
+    dialog.fill_box(KEYS_BOX, keys)
+    expander = dialog.fill_expander(KEYS, KEYS_TITLE, False, KEYS_BOX)
+    expander.set_tooltip_text(KEYS_TOOLTIP)
+    expander.set_expanded(any(str(config.get_property(name) or "").strip() for name in keys))
+    at = names.index(keys[0])
+    return [*names[:at], KEYS, *[name for name in names[at:] if name not in keys]]
 
 
 def show_problem(dialog: GimpUi.ProcedureDialog, problem: PromptError) -> None:
@@ -127,8 +153,8 @@ class _Picker:
         self.box.pack_start(self.row, False, False, 0)
         self.refresh_button = Gtk.Button(label="Refresh")
         self.refresh_button.set_tooltip_text(
-            "Ask the daemon at the endpoint set below for its model presets again (after starting it "
-            "or changing the endpoint)"
+            "Ask the daemon at the endpoint set below for its model presets again (after starting it, "
+            "or changing the endpoint or the keys)"
         )
         self.refresh_button.connect("clicked", lambda _button: self.refresh())
         self.help = _label("", "The picked preset and its model family, from the daemon")
@@ -153,10 +179,14 @@ class _Picker:
     def endpoint(self) -> str:
         return str(self.config.get_property("endpoint") or "").strip()
 
+    def keys(self) -> KeyFiles:
+        names = (SERVER_ARG, CLIENT_ARG)
+        return KeyFiles.from_values({n: self.config.get_property(n) for n in names if self.mode.has(n)})
+
     def refresh(self) -> None:
         """Ask the daemon for its presets (a short wait when it is down) and fill the picker."""
         try:
-            self.catalog = Catalog.from_welcome(jobs.fetch_welcome(self.endpoint(), ASK_TIMEOUT))
+            self.catalog = Catalog.from_welcome(jobs.fetch_welcome(self.endpoint(), ASK_TIMEOUT, self.keys()))
             self.down = ""
         except UserError as exc:
             self.catalog, self.down = None, str(exc)

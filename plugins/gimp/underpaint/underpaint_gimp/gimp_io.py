@@ -12,10 +12,14 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp  # noqa: E402
+from underpaint_protocol.regions import Rect  # noqa: E402
 
+from .pending import mask_over  # noqa: E402
 from .placement import GROUP_NAME, GROUP_PARASITE, PARASITE, LayerPlan  # noqa: E402
-from .reading import RGBA, layer_type, same_item  # noqa: E402
+from .reading import GRAY, RGBA, drawable_rect, layer_type, same_item  # noqa: E402
 from .region import cover  # noqa: E402
+
+Mask = tuple[Rect, bytes]  # an 8-bit selection over a rectangle of the image
 
 
 def _parasite(name: str, data: bytes) -> Gimp.Parasite:
@@ -66,9 +70,10 @@ def _fill(layer: Gimp.Layer, plan: LayerPlan) -> None:
 
 
 def add_result_layers(
-    image: Gimp.Image, anchor: Gimp.Item | None, plans: list[LayerPlan], mask_with_selection: bool = False
+    image: Gimp.Image, anchor: Gimp.Item | None, plans: list[LayerPlan], mask: Mask | None = None
 ) -> list[Gimp.Layer]:
-    """Insert one layer per plan, first plan on top, in one undo step; return them top to bottom."""
+    """Insert one layer per plan, first plan on top, in one undo step; return them top to bottom.
+    `mask`: the selection the job was sent with, as each layer's layer mask (a picture filling it)."""
     layers = []
     image.undo_group_start()
     try:
@@ -80,13 +85,47 @@ def add_result_layers(
             _fill(layer, plan)
             if plan.fit is not None:
                 _cover(layer, plan)
-            if mask_with_selection:
-                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+            if mask is not None:
+                _mask_with(layer, *mask)
             layer.attach_parasite(_parasite(PARASITE, plan.parasite))
             layers.insert(0, layer)
     finally:
         image.undo_group_end()
     return layers
+
+
+def add_layer_above(image: Gimp.Image, source: Gimp.Layer, plan: LayerPlan) -> Gimp.Layer:
+    """One result layer right above `source`, in one undo step, masked like it (Reword: the edit
+    stacks on the picture it edits)."""
+    image.undo_group_start()
+    try:
+        layer = _new_layer(image, plan)
+        image.insert_layer(layer, source.get_parent(), image.get_item_position(source))
+        layer.set_offsets(plan.x, plan.y)
+        _fill(layer, plan)
+        if plan.fit is not None:
+            _cover(layer, plan)
+        mask = source.get_mask()
+        if mask is not None:
+            rect = drawable_rect(source)
+            whole = Gegl.Rectangle.new(0, 0, rect.width, rect.height)  # mask pixels are the layer's
+            _mask_with(layer, rect, bytes(mask.get_buffer().get(whole, 1.0, GRAY, Gegl.AbyssPolicy.NONE)))
+        layer.attach_parasite(_parasite(PARASITE, plan.parasite))
+    finally:
+        image.undo_group_end()
+    return layer
+
+
+def _mask_with(layer: Gimp.Layer, region: Rect, selection: bytes) -> None:
+    """A layer mask holding the selection as it was when the job was sent (the one shown now may
+    differ: the painter went on working, or the result is placed after a restart)."""
+    rect = drawable_rect(layer)
+    layer_mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+    layer.add_mask(layer_mask)
+    buffer = layer_mask.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, rect.width, rect.height), GRAY, mask_over(selection, region, rect))
+    buffer.flush()
+    layer_mask.update(0, 0, rect.width, rect.height)
 
 
 def _cover(layer: Gimp.Layer, plan: LayerPlan) -> None:

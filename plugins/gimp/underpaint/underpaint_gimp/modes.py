@@ -103,6 +103,23 @@ SEED = Arg("seed", "int", "See_d", "Seed of the first variation (-1 = random)", 
 VARIATIONS = Arg("variations", "int", "_Variations", "Number of result layers", 1, 1, 8, param="variations")
 MODEL = Arg("model", "str", "_Model preset", "Daemon model preset (empty = the daemon's default)", "")
 ENDPOINT = Arg("endpoint", "str", "Daemon _endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT)
+SERVER_KEY = Arg(
+    "server-key",
+    "str",
+    "Server key (Curve_ZMQ)",
+    "For a daemon started with keys (underpaint serve --keys DIR): the path of its public key, "
+    "DIR/server.key. Empty = no keys (a daemon on this computer needs none)",
+    "",
+)
+CLIENT_KEY = Arg(
+    "client-key",
+    "str",
+    "Client key (CurveZM_Q)",
+    "For a daemon started with keys: the path of this computer's key pair, DIR/NAME.key_secret from "
+    "underpaint keygen (the daemon accepts it when DIR/authorized/ holds NAME.key). Empty = no keys",
+    "",
+)
+CONNECTION = (ENDPOINT, SERVER_KEY, CLIENT_KEY)
 
 
 def _settings(nick: str = "_Family settings") -> Arg:
@@ -117,7 +134,7 @@ def _settings(nick: str = "_Family settings") -> Arg:
     )
 
 
-COMMON_TAIL = (SEED, VARIATIONS, _settings(), MODEL, ENDPOINT)
+COMMON_TAIL = (SEED, VARIATIONS, _settings(), MODEL, *CONNECTION)
 
 # The modes Compare can run on several presets (their parameters are all Compare's own arguments).
 COMPARED = ("generate", "refine", "inpaint", "variation", "depth")
@@ -354,7 +371,7 @@ MODES: tuple[Mode, ...] = (
             SEED,
             VARIATIONS,
             _settings(),
-            ENDPOINT,
+            *CONNECTION,
         ),
         source=ONE_LAYER,
     ),
@@ -383,7 +400,7 @@ MODES: tuple[Mode, ...] = (
             VARIATIONS,
             _settings("Famil_y settings"),  # _F is the factor's
             MODEL,
-            ENDPOINT,
+            *CONNECTION,
         ),
         result=NEW_IMAGE,
     ),

@@ -1,7 +1,10 @@
 """The GIMP plug-in class: one `Gimp.ImageProcedure` per mode, a dialog when interactive.
 
 `run` is the whole flow of one call: check the selection and the drawables, (dialog), read the pixels,
-talk to the daemon with GIMP's progress bar moving, add the result layers. Every failure a user can fix
+place the image's earlier results that finished meanwhile (`late`), talk to the daemon with GIMP's
+progress bar moving, add the result layers. From `accepted` until it is placed, the job is stored on
+the image (`pending`), so a call that loses the daemon leaves it there for Fetch Pending Results
+(registered here too). Every failure a user can fix
 ends in an EXECUTION_ERROR carrying a readable message (GIMP shows it; batch callers get it from
 `pdb.get_last_error()`), never in a hang or a half-made result; a prompt the daemon cannot read opens
 the dialog again with the message under that prompt, so nothing typed is lost.
@@ -21,8 +24,12 @@ import gi
 gi.require_version("Gimp", "3.0")
 from gi.repository import Gimp, GLib, GObject  # noqa: E402
 
+from . import image_jobs, late  # noqa: E402
 from . import job as jobs  # noqa: E402
-from .gimp_io import GimpProgress, add_result_layers, new_image_with, rgb_copy, twin_of  # noqa: E402
+from .connection import remember  # noqa: E402
+from .gimp_io import GimpProgress  # noqa: E402
+from .keys import KeyFiles  # noqa: E402
+from .late import Collected  # noqa: E402
 from .modes import (  # noqa: E402
     FILL,
     MENU_PATH,
@@ -34,11 +41,14 @@ from .modes import (  # noqa: E402
     effective,
     mode_by_procedure,
 )
-from .placement import LayerPlan, plan_layers  # noqa: E402
+from .pending import PendingJob  # noqa: E402
 from .presets import Catalog  # noqa: E402
 from .prompt_errors import PromptError  # noqa: E402
-from .reading import selection_rect  # noqa: E402
-from .request import JobRequest, UserError, build_request  # noqa: E402
+from .reading import read_mask, selection_rect  # noqa: E402
+from .request import JobRequest, Pixels, UserError, build_request  # noqa: E402
+from .results import place  # noqa: E402
+from .reword import REWORD  # noqa: E402
+from .rewording import create_reword_procedure  # noqa: E402
 from .sources import as_layer, check_call, read_layers, read_pixels, selected_layers  # noqa: E402
 
 FLAGS = GObject.ParamFlags.READWRITE
@@ -110,14 +120,6 @@ def _values(mode: Mode, config: Gimp.ProcedureConfig) -> dict[str, Any]:
     return values
 
 
-def _show(image: Gimp.Image) -> None:
-    """Open a view on a new image; gimp-console has no displays, and the image is returned anyway."""
-    try:
-        Gimp.Display.new(image)
-    except TypeError:  # "constructor returned NULL" without a user interface
-        pass
-
-
 def _error(procedure: Gimp.Procedure, message: str) -> Gimp.ValueArray:
     error = GLib.Error.new_literal(Gimp.PlugIn.error_quark(), message, 0)
     return procedure.new_return_values(Gimp.PDBStatusType.EXECUTION_ERROR, error)
@@ -129,51 +131,6 @@ def _returns(procedure: Gimp.Procedure, new_image: Gimp.Image | None) -> Gimp.Va
         values.remove(1)
         values.insert(1, GObject.Value(Gimp.Image, new_image))
     return values
-
-
-def _place(
-    procedure: Gimp.Procedure,
-    run_mode: Gimp.RunMode,
-    mode: Mode,
-    image: Gimp.Image,
-    drawable: Gimp.Drawable | None,
-    plans: list[LayerPlan],
-) -> Gimp.ValueArray:
-    """Add the result layers (Upscale: in a new image; an indexed image: in an RGB copy of it), and
-    return the new image, if one was made, as `new-image`."""
-    if not plans:
-        raise UserError("The Underpaint daemon returned no image.")
-    interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if mode.new_image:
-        new_image = new_image_with(image, plans)
-        if interactive:
-            _show(new_image)
-        return _returns(procedure, new_image)
-    target = image
-    if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
-        target = rgb_copy(image)
-        drawable = twin_of(target, image, drawable)
-    anchor = drawable if drawable is not None and drawable.is_layer() else None
-    masked = mode.result == FILL and selection_rect(image) is not None
-    add_result_layers(target, anchor, plans, mask_with_selection=masked)
-    if target is image:
-        Gimp.displays_flush()
-        return _returns(procedure, None)
-    if interactive:
-        _show(target)
-        Gimp.message(
-            "Underpaint: this image is indexed (a palette cannot hold the model's colours), so the "
-            "results are in an RGB copy of it, opened beside it. The indexed image is unchanged."
-        )
-    return _returns(procedure, target)
-
-
-def _report_compare(result: dict[str, Any]) -> None:
-    """Compare succeeds when any preset delivered; say which did not, and why."""
-    failed = [e for e in result.get("compare") or [] if e.get("error")]
-    if failed:
-        lines = [f"{e['model']}: {e['error'].get('message', e['error'].get('code'))}" for e in failed]
-        Gimp.message("Underpaint Compare: some presets gave no picture.\n" + "\n".join(lines))
 
 
 def _auto_size(mode: Mode, values: dict[str, Any], request: JobRequest) -> bool:
@@ -191,17 +148,52 @@ def _resolution(mode: Mode, values: dict[str, Any], welcome: dict[str, Any]) -> 
     return Catalog.from_welcome(welcome).resolution([str(n or "").strip() for n in names or []])
 
 
+def _record(
+    mode: Mode,
+    base: Mode,
+    image: Gimp.Image,
+    drawable: Gimp.Drawable | None,
+    values: dict[str, Any],
+    request: JobRequest,
+    pixels: Pixels,
+    session: jobs.Session,
+) -> PendingJob:
+    """Everything needed to place this call's result, now or after a restart (`pending`)."""
+    region = pixels.region
+    masked = base.result == FILL and selection_rect(image) is not None
+    return PendingJob(
+        job="",
+        endpoint=session.endpoint,
+        session=session.token,
+        mode=mode.key,
+        base=base.key,
+        model=request.model or "",
+        region=(region.x, region.y, region.width, region.height),
+        fit=_auto_size(base, values, request),
+        not_sent=tuple(request.not_sent),
+        sources={slot: where for slot, where in sorted(pixels.sources.items()) if slot in request.images},
+        anchor=drawable.get_tattoo() if drawable is not None and drawable.is_layer() else None,
+        mask=read_mask(image, region) if masked else None,
+        server_key=session.keys.server,
+        client_key=session.keys.client,
+    )
+
+
 def _job(
-    mode: Mode, image: Gimp.Image, drawables: list[Gimp.Drawable], values: dict[str, Any]
-) -> tuple[Mode, Gimp.Drawable | None, list[LayerPlan]]:
-    """Read, submit, wait: the mode whose placement applies, the layer results go above, the layers."""
+    mode: Mode, image: Gimp.Image, drawables: list[Gimp.Drawable], values: dict[str, Any], interactive: bool
+) -> tuple[PendingJob, dict[str, Any], Collected]:
+    """Read, submit, wait: the stored job (how to place it), its result, and what the look at the
+    image's earlier pending jobs did. The job is on the image from `accepted` until it is placed; a
+    lost link keeps it there (`DaemonLost`), any other end forgets it."""
     base = effective(mode, values)
     if base.needs_selection and selection_rect(image) is None:
         raise UserError(f"{mode.title} of {base.title} needs a selection: select the region first.")
     drawable = as_layer(drawables[0]) if drawables else None
     progress = GimpProgress(f"Underpaint: {mode.title}")
+    token = ""
     try:
-        with jobs.Session(str(values["endpoint"]).strip()) as session:
+        keys = KeyFiles.from_values(values)
+        with jobs.Session(str(values["endpoint"]).strip(), keys=keys) as session:
             if mode.source == SELECTED_LAYERS:
                 layers = selected_layers(image, drawables)
                 drawable = layers[0] if layers else drawable  # results go above the topmost one
@@ -210,15 +202,29 @@ def _job(
                 pixels = read_pixels(base, image, drawable, values)
             request = build_request(mode, values, pixels, _resolution(mode, values, session.welcome))
             request = session.fit(request)
-            result = session.run(request, progress)
-        if mode.key == "compare":
-            _report_compare(result)
+            record = _record(mode, base, image, drawable, values, request, pixels, session)
+            earlier = late.collect(image, interactive, progress, wait=False)  # older results go below
+            token = session.token
+            image_jobs.hold(image, token)
+
+            def accepted(job: str, asked: int) -> None:
+                nonlocal record
+                record = record.accepted(job, token, asked)
+                image_jobs.add(image, record)
+
+            try:
+                result = session.run(request, progress, on_accepted=accepted)
+            except jobs.DaemonLost:
+                image_jobs.keep(image, record)
+                raise
+            except UserError:
+                image_jobs.forget(image, {record.job})
+                raise
     finally:
+        if token:
+            image_jobs.release(image, token)
         progress.end()
-    fit = _auto_size(base, values, request)
-    sources = {slot: where for slot, where in sorted(pixels.sources.items()) if slot in request.images}
-    plans = plan_layers(mode, result, pixels.region, fit, not_sent=request.not_sent, sources=sources)
-    return base, drawable, plans
+    return record, result, earlier
 
 
 def run(
@@ -240,14 +246,21 @@ def run(
 
                 if not run_dialog(procedure, config, mode, problem):
                     return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
+            values = _values(mode, config)
             try:
-                base, drawable, plans = _job(mode, image, drawables, _values(mode, config))
+                record, result, earlier = _job(mode, image, drawables, values, interactive)
                 break
             except PromptError as exc:
                 if not interactive:
                     raise
                 problem = exc  # the dialog again, the message under that prompt
-        return _place(procedure, run_mode, base, image, drawable, plans)
+        new_image = place(image, record, result, interactive)
+        image_jobs.forget(image, {record.job})
+        if interactive:
+            remember(values)  # dialogs never set up start with this connection
+        if earlier.summary():
+            Gimp.message(f"Underpaint: {earlier.summary()}")
+        return _returns(procedure, new_image)
     except UserError as exc:
         return _error(procedure, str(exc))
     except Exception as exc:  # a bug: report it rather than leaving GIMP with a dead plug-in
@@ -259,12 +272,16 @@ class UnderpaintPlugIn(Gimp.PlugIn):
     """Registers every mode of `modes.MODES` under Filters > Underpaint."""
 
     def do_query_procedures(self) -> list[str]:
-        return [mode.procedure for mode in MODES]
+        return [mode.procedure for mode in MODES] + [late.FETCH, REWORD.procedure]
 
     def do_set_i18n(self, name: str) -> bool:
         return False
 
     def do_create_procedure(self, name: str) -> Gimp.Procedure:
+        if name == late.FETCH:
+            return late.create_fetch_procedure(self)
+        if name == REWORD.procedure:
+            return create_reword_procedure(self)
         return create_procedure(self, name)
 
 
