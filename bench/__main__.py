@@ -3,7 +3,8 @@
 Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel and previews,
 5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side by side,
 8 prompts (a weighted, long prompt against a plain one), 9 reword (Prompt-to-Prompt against the plain job),
-10 workers (1 vs 2 workers, local and Ray; Ray's per-job cost; the front end's message rate).
+10 workers (1 vs 2 workers, local and Ray; Ray's per-job cost; the front end's message rate),
+11 live (a scripted painter in one "latest wins" lane: last change to its result, jobs superseded).
 Exit status 1 when a hard check fails (pixels differ, a job is lost, a cancelled job delivers a
 result); missed targets are reported, not fatal, because timings on a shared machine are noisy.
 """
@@ -59,9 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "against the plain txt2img it edits: time and peak memory; with --fullsize on the full SD 1.5 "
         "architecture too), 10 workers (throughput with 1 vs 2 workers for the local and the Ray pool, "
         "Ray's per-job cost against the local pool, one worker as a thread or a process, and the messages "
-        "per second the front end can route; --quick: the front end only). Exit status 1 when a hard "
-        "check fails (pixels differ, a job is lost, ...); missed timing targets are only reported. "
-        "See docs/BENCHMARKS.md.",
+        "per second the front end can route; --quick: the front end only), 11 live (a scripted painter sends "
+        "canvas changes faster than a job takes in one lane: last change to its result against one job plus "
+        "one step, jobs started vs superseded, final picture equal to a single job). "
+        "Exit status 1 when a hard check fails (pixels differ, a job is lost, ...); missed timing targets "
+        "are only reported. See docs/BENCHMARKS.md.",
     )
     p.add_argument(
         "--quick",
@@ -102,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "~/.cache/underpaint/models, like the daemon)",
     )
     p.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10", help="comma-separated sections to run (default: all)"
+        "--sections", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated sections to run (default: all)"
     )
     return p.parse_args(argv)
 
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     run.reword_vs_plain(report, plan, sections, models_dir, env)
     gc.collect()
     run.workers(report, plan, sections, models_dir, env)
+    gc.collect()
+    run.live_painting(report, plan, sections, models_dir, env)
     gc.collect()
     base_dir = None
     if args.fullsize and not args.quick:

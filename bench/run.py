@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from underpaint.daemon.commands.launch import running_daemon
 
-from . import cancel, clients, families, overhead, pool, prompts, reword, transfer, warm
+from . import cancel, clients, families, live, overhead, pool, prompts, reword, transfer, warm
 from .common import PROMPT, SEED, Report, client_for, secs, timed
 from .echo import running_echo
 
@@ -127,6 +127,22 @@ def workers(report: Report, plan: Plan, sections: set[int], models_dir: Path, en
     if 10 not in sections:
         return
     pool.measure(report, plan.quick, plan.reps, models_dir, env)
+
+
+def live_painting(
+    report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]
+) -> None:
+    """Section 11 on a tiny daemon of its own: a scripted painter in one "latest wins" lane."""
+    if 11 not in sections:
+        return
+    from underpaint.daemon.builders.tiny import ensure_tiny
+
+    ensure_tiny(models_dir, "sd15")
+    with ExitStack() as stack:
+        daemon, _ = _start(stack, "tiny", models_dir, env)
+        client = stack.enter_context(client_for(daemon.endpoint))
+        live.measure(report, client, plan.quick)
+        report.check("live daemon survived", daemon.alive())
 
 
 def fullsize(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> Path:

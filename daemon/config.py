@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ TINY_PREFIX = "@tiny/"  # resolved by the model manager, which builds the tiny m
 FULLSIZE_PREFIX = "@fullsize/"  # likewise for the full-size random SD 1.5 models (benchmarks)
 
 #: Preset keys that are settings, not roles.
-SETTINGS = ("family", "resolution", "builtin", "config", "variant", "trust_pickle", "controlnets")
+SETTINGS = ("family", "resolution", "builtin", "config", "variant", "trust_pickle", "controlnets", "loras")
 
 
 def data_home() -> Path:
@@ -46,6 +46,7 @@ class Preset:
     variant: str | None = None  # e.g. "fp16": which weight files of a hub repo to fetch
     trust_pickle: bool = False  # the user vouches for pickled .ckpt files of this preset
     builtin: str | None = None  # "tiny" / "fullsize": built locally
+    loras: dict[str, str] = field(default_factory=dict)  # LoRA name -> .safetensors file / folder / hub id
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,27 @@ def load_config(user_file: Path | None = None) -> Config:
 
 
 def _preset(name: str, entry: dict[str, Any]) -> Preset:
-    from .families import detect_family, family_class
-
     if not isinstance(entry, dict):
         raise ConfigError(f"preset {name!r} must be a table")
+    preset = _preset_sources(name, entry)
+    return replace(preset, loras=_loras(preset, entry.get("loras", {})))
+
+
+def _loras(preset: Preset, table: Any) -> dict[str, str]:
+    """The preset's `loras` table (name -> source), for families that take LoRAs."""
+    from .families import family_class
+
+    if not isinstance(table, dict) or not all(isinstance(v, str) and v for v in table.values()):
+        raise ConfigError(f'preset {preset.name!r}: loras must be a table of name = "file, folder or hub id"')
+    if table and not family_class(preset.family).lora_roles:
+        raise ConfigError(f"preset {preset.name!r}: the {preset.family} family does not take LoRAs")
+    return {str(k): str(v) for k, v in table.items()}
+
+
+def _preset_sources(name: str, entry: dict[str, Any]) -> Preset:
+    """The preset without its LoRAs."""
+    from .families import detect_family, family_class
+
     builtin = entry.get("builtin")
     family_name = entry.get("family")
     if builtin == "fullsize":

@@ -33,7 +33,9 @@ class Param:
     """One parameter: its type, default, range and the doc shown to client authors."""
 
     name: str
-    type: str  # "int" | "float" | "str" | "bool" | "units" | "items" | "models" | "words" | "weights"
+    type: (
+        str  # "int" | "float" | "str" | "bool" | "units" | "items" | "models" | "words" | "weights" | "loras"
+    )
     default: Any
     doc: str
     min: float | None = None
@@ -97,6 +99,7 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "models": (list, tuple),
     "words": (list, tuple),
     "weights": (dict,),
+    "loras": (list, tuple),
 }
 
 
@@ -292,7 +295,39 @@ def check_weights(value: Any, path: str) -> dict[str, float]:
     return checked
 
 
+LORA_FIELDS = {
+    "name": Param("name", "str", None, "a LoRA the preset lists (its `loras` in `models`)", required=True),
+    "weight": Param("weight", "float", 1.0, "strength; 0 = off, negative = away from it", -2.0, 2.0),
+}
+MAX_LORAS = 4
+
+
+def check_loras(value: Any, path: str) -> list[dict[str, Any]]:
+    """Validate `loras`: up to MAX_LORAS {name, weight}, no name twice (names are checked against
+    the preset later)."""
+    checked = [
+        _check_map(lora, f"{path}.{i}", LORA_FIELDS)
+        for i, lora in enumerate(_check_list(value, path, "loras", 0, MAX_LORAS, "LoRAs"))
+    ]
+    names = [lora["name"] for lora in checked]
+    if len(set(names)) != len(names):
+        raise RequestError(ErrorCode.INVALID_VALUE, f"{path} names a LoRA twice", path)
+    return checked
+
+
+def loras_param() -> Param:
+    """`loras` for ops of families that take LoRAs."""
+    return Param(
+        "loras",
+        "loras",
+        [],
+        f"0 … {MAX_LORAS} LoRAs of the preset, each {{name, weight -2 … 2 (default 1)}}; "
+        "empty = base weights",
+    )
+
+
 LIST_CHECKS = {
+    "loras": check_loras,
     "units": check_units,
     "items": check_items,
     "models": check_models,

@@ -76,12 +76,14 @@ class ProtocolMismatch(DaemonError):
 
 
 class JobCancelled(Exception):
-    """The job ended with a `cancelled` event (no result)."""
+    """The job ended with a `cancelled` event (no result). `reason` `"superseded"`: a newer job of
+    its lane replaced it, and `by` is that job's id (PROTOCOL.md 9.6)."""
 
-    def __init__(self, job: str, reason: str = "client") -> None:
+    def __init__(self, job: str, reason: str = "client", by: str | None = None) -> None:
         self.job = job
         self.reason = reason
-        super().__init__(f"job {job} was cancelled ({reason})")
+        self.by = by
+        super().__init__(f"job {job} was cancelled ({reason})" + (f" by job {by}" if by else ""))
 
 
 class DaemonUnavailable(TimeoutError):
@@ -408,12 +410,20 @@ class Client:
         *,
         model: str | None = None,
         preview: bool = False,
+        lane: str | None = None,
         timeout: float | None = None,
     ) -> str:
-        """Queue a job; returns its job id (raises DaemonError if the daemon refuses it)."""
+        """Queue a job; returns its job id (raises DaemonError if the daemon refuses it).
+
+        `lane` (1 … 64 characters, feature "lanes"): latest wins. This job replaces the queued or
+        running job of the same lane of this session, which ends with `cancelled` `reason`
+        `"superseded"` (JobCancelled in `wait`); a live preview sends every change in one lane.
+        """
         fields: dict[str, Any] = {"op": op, "params": params or {}, "images": images or {}}
         if model is not None:
             fields["model"] = model
+        if lane is not None:
+            fields["lane"] = lane
         if preview:
             fields["preview"] = True
         if self.frames:
@@ -452,7 +462,7 @@ class Client:
             elif kind == "result":
                 return event
             elif kind == "cancelled":
-                raise JobCancelled(job, str(event.get("reason") or "client"))
+                raise JobCancelled(job, str(event.get("reason") or "client"), event.get("by"))
             elif kind == "error":
                 raise DaemonError(event)
         raise AssertionError("unreachable: events() ends on a terminal event")
@@ -465,11 +475,13 @@ class Client:
         *,
         model: str | None = None,
         preview: bool = False,
+        lane: str | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        """Submit a job and wait for its result (see `submit` and `wait`)."""
-        job = self.submit(op, params, images, model=model, preview=preview)
+        """Submit a job and wait for its result (see `submit` and `wait`; JobCancelled with `by` when
+        a newer job of its `lane` replaced it)."""
+        job = self.submit(op, params, images, model=model, preview=preview, lane=lane)
         return self.wait(job, on_progress, timeout)
 
     def cancel(self, job: str, timeout: float | None = None) -> dict[str, Any]:

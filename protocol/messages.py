@@ -16,6 +16,9 @@ HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
 HEARTBEAT_TTL_MS = 6000
 
+# The most characters a submit's `lane` may have (PROTOCOL.md 9.6).
+MAX_LANE_CHARS = 64
+
 # Event types that end a job: a client waiting on a job stops at the first of these.
 TERMINAL_EVENTS = frozenset({"result", "cancelled", "error"})
 

@@ -49,6 +49,7 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
         "8. Prompts",
         "9. Reword",
         "10. Workers",
+        "11. Live",
     ):
         assert f"| {section} |" in table, f"section {section!r} missing from the table"
     assert table in proc.stdout or "| Section | Measurement |" in proc.stdout  # also printed
@@ -66,3 +67,5 @@ def test_quick_bench_produces_the_table(underpaint_home: Path, tmp_path: Path) -
     assert {"tiny", "tiny-sdxl", "tiny-kandinsky22"} <= set(families), "every tiny family is measured"
     assert all(entry["load"] > 0 and entry["warm"] for entry in families.values())
     assert {"tiny", "tiny-sdxl"} <= set(result["data"]["prompts"]), "weighted long prompts are measured"
+    live = result["data"]["live"]
+    assert live["superseded"] >= 1 and live["latency_s"] > 0, live

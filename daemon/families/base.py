@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..config import Preset
 from ..errors import ErrorCode, RequestError
-from ..params import OpSpec, rank_param
+from ..params import OpSpec, loras_param, rank_param
 from ..progress import StepReporter
 from ..request import OpRequest, generators, seeds_for
 from ..schedulers import fresh_scheduler
@@ -185,7 +185,7 @@ class Generation:
 
     def view(self, kind: str, extras: Sequence[str] = ()) -> Any:
         """A pipeline of `kind` over the preset's shared, warm components."""
-        return self.models.view(self.preset, kind, extras)
+        return self.models.view(self.preset, kind, extras, self.params.get("loras") or ())
 
     def generators(self) -> list[torch.Generator]:
         return generators(self.seeds)
@@ -236,6 +236,10 @@ class Family:
     tiny_sources: ClassVar[dict[str, str]] = {}
     tiny_controlnets: ClassVar[dict[str, str]] = {}
     tiny_resolution: ClassVar[int] = 64
+    # LoRAs: the roles whose modules take the adapters (none: the family takes no LoRAs), and the ops
+    # that offer `loras` (those whose views run on those roles)
+    lora_roles: ClassVar[tuple[str, ...]] = ()
+    lora_ops: ClassVar[tuple[str, ...]] = ()
 
     # -- what the preset offers -------------------------------------------------------------------
     def ops(self, preset: Preset) -> list[str]:
@@ -246,6 +250,10 @@ class Family:
         """The exact spec of `op` for this preset: the common spec, with this family's own parameters
         added and the ones it cannot take removed."""
         return spec
+
+    def with_loras(self, op: str, spec: OpSpec) -> OpSpec:
+        """`spec` with the `loras` parameter where this family's op can take LoRAs."""
+        return spec.changed(add=[loras_param()]) if op in self.lora_ops else spec
 
     def check(self, req: OpRequest) -> None:
         """Family-specific validation of a request, run before the job is accepted (after the op's

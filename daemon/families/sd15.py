@@ -73,6 +73,11 @@ class SD15(Family):
         k: f"controlnet-{k}" for k in ("canny", "lineart", "scribble", "depth")
     }
 
+    # LoRAs go into base's UNet and text encoder and the inpainting / InstructPix2Pix UNets (same
+    # blocks); the upscalers take none.
+    lora_roles: ClassVar[tuple[str, ...]] = ("base", "inpaint", "instruct")
+    lora_ops: ClassVar[tuple[str, ...]] = ("txt2img", "sdedit", "inpaint", "controlnet", "instruct", "reword")
+
     # Pipeline class of each view kind; subclasses (SD 2.x) extend it.
     views: ClassVar[dict[str, Any]] = {
         "txt2img": StableDiffusionPipeline,
@@ -110,7 +115,7 @@ class SD15(Family):
             spec = p2p.reword_spec(spec)
         else:
             spec = prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS, note)
-        return self.ranked(op, spec, preset)
+        return self.with_loras(op, self.ranked(op, spec, preset))
 
     def check(self, req: OpRequest) -> None:
         """Prompt syntax and length, counted with the tokenizer of the text encoder the op uses."""

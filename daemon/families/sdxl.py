@@ -102,6 +102,11 @@ class SDXL(Family):
     tiny_controlnets: ClassVar[dict[str, str]] = {"canny": "controlnet-canny"}
     tiny_resolution = 64
 
+    # LoRAs go into base's UNet and both text encoders and the inpainting UNet; the refiner's UNet
+    # (another architecture) runs without them.
+    lora_roles: ClassVar[tuple[str, ...]] = ("base", "inpaint")
+    lora_ops: ClassVar[tuple[str, ...]] = ("txt2img", "sdedit", "inpaint", "controlnet", "reword")
+
     views: ClassVar[dict[str, Any]] = {
         "txt2img": StableDiffusionXLPipeline,
         "img2img": StableDiffusionXLImg2ImgPipeline,
@@ -125,7 +130,7 @@ class SDXL(Family):
             spec = p2p.reword_spec(spec)
         else:
             spec = prompts.text_spec(spec, prompts.WEIGHTED, prompts.MAX_TOKENS)
-        return self.ranked(op, spec, preset)
+        return self.with_loras(op, self.ranked(op, spec, preset))
 
     def check(self, req: OpRequest) -> None:
         """Prompt syntax and length, in the windows of both text encoders (the refiner reads the second)."""

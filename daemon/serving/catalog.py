@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import loras
 from ..config import Config, Preset
 from ..errors import ErrorCode, RequestError
 from ..families import family
@@ -25,6 +26,8 @@ class Catalog:
         # Parameter names some preset takes for an op: sending one to a preset that does not take
         # it is refused (a silently ignored parameter would be a silent surprise).
         self._somewhere: dict[str, set[str]] = {op: set(spec.params) for op, spec in self.common.items()}
+        for op in self.common:  # LoRAs sent where no model takes them are refused, never ignored
+            self._somewhere[op].add("loras")
         for specs in self.specs.values():
             for op, spec in specs.items():
                 self._somewhere[op] |= set(spec.params)
@@ -62,6 +65,7 @@ class Catalog:
                     f"{', '.join('params.' + name for name in foreign)} for {op}",
                     f"params.{foreign[0]}",
                 )
+        loras.check_names(preset, checked.get("loras") or ())
         return checked
 
     def describe(self, preset: Preset, loaded: list[str]) -> dict[str, Any]:
@@ -77,6 +81,7 @@ class Catalog:
             "ops": list(specs),
             "op_specs": {op: spec.to_wire() for op, spec in specs.items()},
             "controlnets": sorted(preset.controlnets),
+            "loras": [{"name": name, "source": source} for name, source in sorted(preset.loras.items())],
             "loaded": loaded,
             **fam.describe(preset),
         }

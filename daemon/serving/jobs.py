@@ -21,6 +21,7 @@ from ..request import OpRequest
 CANCEL_CLIENT = "client"
 CANCEL_ABANDONED = "abandoned"
 CANCEL_SHUTDOWN = "shutting_down"
+CANCEL_SUPERSEDED = "superseded"  # a newer job of the same lane and session replaced it (PROTOCOL.md 9.6)
 
 
 def new_job_id() -> str:
@@ -52,6 +53,8 @@ class Job:
     worker: str | None = None  # the pool's worker running it (PROTOCOL.md 9.5)
     dispatched_at: float = 0.0  # when it was handed to that worker
     retried: bool = False  # its first worker died before any step: it runs once more, never twice
+    lane: str | None = None  # "latest wins" lane of its session (PROTOCOL.md 9.6)
+    superseded_by: str | None = None  # id of the newer job of its lane that replaced it
 
     def cancel(self, reason: str) -> None:
         """Ask the job to stop (at its next step when running); the first reason given wins."""
@@ -72,6 +75,12 @@ class Job:
         if self.re is not None:
             msg["re"] = self.re
         return msg
+
+    def supersede(self, by: str) -> None:
+        """Stop this job because `by` replaced it in its lane (only if nothing stopped it before)."""
+        if not self.cancel_requested.is_set():
+            self.superseded_by = by
+            self.cancel(CANCEL_SUPERSEDED)
 
     @property
     def shown_op(self) -> str:

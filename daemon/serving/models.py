@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .. import loras
 from ..config import FULLSIZE_PREFIX, TINY_PREFIX, Config, Preset, data_home
 from ..errors import ErrorCode, RequestError
 from ..families import family
@@ -107,6 +108,8 @@ class ModelManager:
         self._sizes: dict[Key, int] = {}  # bytes of every component loaded so far (room made before loads)
         self.load_seconds = 0.0  # running total, so a job can report its own share
         self.loads = 0  # components loaded so far (tests prove sharing with it)
+        self._adapters: dict[tuple[Key, str], int] = {}  # (host component, LoRA name) -> bytes added
+        self.lora_loads = 0  # adapters loaded into a component so far (tests prove warm reuse with it)
 
     # -- lookup ------------------------------------------------------------------------------
     def preset(self, name: str | None) -> Preset:
@@ -129,9 +132,17 @@ class ModelManager:
         with self._lock:
             return self._loaded_roles(preset)
 
-    def _loaded_roles(self, preset: Preset) -> list[str]:
+    def _component_roles(self, preset: Preset) -> list[str]:
         roles = list(preset.sources) + [f"controlnet:{name}" for name in preset.controlnets]
         return [role for role in roles if self.key(preset, role) in self._components]
+
+    def _loaded_roles(self, preset: Preset) -> list[str]:
+        """Loaded component roles, then `lora:<name>` for each of the preset's LoRAs loaded in them."""
+        loaded = self._component_roles(preset)
+        hosts = {self.key(preset, role) for role in loaded}
+        adapters = {adapter for (key, adapter) in self._adapters if key in hosts}
+        names = [name for name in sorted(preset.loras) if self._adapter(preset, name) in adapters]
+        return loaded + [f"lora:{name}" for name in names]
 
     def warm(self) -> dict[str, list[str]]:
         """Every preset with a loaded component, and its loaded roles (what a worker reports to the
@@ -142,15 +153,26 @@ class ModelManager:
 
     def used_bytes(self) -> int:
         with self._lock:
-            return sum(c.nbytes for c in self._components.values())
+            return sum(c.nbytes for c in self._components.values()) + sum(self._adapters.values())
 
     # -- pipelines for ops ---------------------------------------------------------------------
-    def view(self, preset: Preset, kind: str, extras: Sequence[str] = ()) -> Any:
-        """A pipeline of `kind` built by the preset's family over its shared, warm components."""
+    def view(
+        self, preset: Preset, kind: str, extras: Sequence[str] = (), lora_list: Sequence[dict] = ()
+    ) -> Any:
+        """A pipeline of `kind` built by the preset's family over its shared, warm components, with
+        the LoRAs of `lora_list` ({name, weight}) loaded and set, every other adapter off."""
         fam = family(preset.family)
         roles = fam.needs(preset, kind, extras)
         keys = {self.key(preset, role) for role in roles}
         parts = {role: self.component(preset, role, keep=keys) for role in roles}
+        # Adapters are named by their source: presets sharing modules may give one name other files.
+        adapters = [
+            {"name": loras.adapter_id(self._lora_source(preset, lora["name"])), "weight": lora["weight"]}
+            for lora in lora_list
+        ]
+        for lora, adapter in zip(lora_list, adapters, strict=True):
+            hosts = {r: parts[r] for r in roles if r in fam.lora_roles}
+            self._load_lora(preset, lora["name"], adapter["name"], hosts)
         self._evict(keep=keys)
         view_key = (preset.name, kind, tuple(extras))
         with self._lock:
@@ -159,7 +181,37 @@ class ModelManager:
             view = View(fam.build_view(preset, kind, parts, extras), keys)
             with self._lock:
                 self._views[view_key] = view
+        loras.activate(view.pipe, adapters)  # shared modules: this job's adapter state, always
         return view.pipe
+
+    def _load_lora(self, preset: Preset, name: str, adapter: str, parts: dict[str, Any]) -> None:
+        """Load a LoRA of the preset, as adapter `adapter`, into the components (`parts`, role ->
+        object) that lack it."""
+        source = self._lora_source(preset, name)
+        for role, component in parts.items():
+            try:
+                with CONSTRUCTION:
+                    added = loras.load_into(adapter, source, loras.hosts(component))
+            except Exception as exc:  # missing file, not a LoRA, layers that do not fit the model...
+                raise RequestError(
+                    ErrorCode.MODEL_UNAVAILABLE,
+                    f"could not load LoRA {name!r} of model {preset.name!r} from {source!r} into its "
+                    f"{role}: {type(exc).__name__}: {exc}",
+                    "params.loras",
+                ) from exc
+            if not added:
+                continue
+            self.lora_loads += 1
+            log.info("loaded LoRA %s of %s/%s (%.2f MB)", name, preset.name, role, added / 1e6)
+            with self._lock:
+                key = self.key(preset, role)
+                self._adapters[(key, adapter)] = self._adapters.get((key, adapter), 0) + added
+
+    def _lora_source(self, preset: Preset, name: str) -> str:
+        return str(Path(preset.loras[name]).expanduser())
+
+    def _adapter(self, preset: Preset, name: str) -> str:
+        return loras.adapter_id(self._lora_source(preset, name))
 
     # -- components ------------------------------------------------------------------------------
     def component(self, preset: Preset, role: str, keep: Set[Key] = frozenset()) -> Any:
@@ -222,27 +274,28 @@ class ModelManager:
         """Forget a component (and the views built on it); returns its bytes."""
         with self._lock:
             comp = self._components.pop(key, None)
+            adapters = sum(self._adapters.pop(k) for k in [k for k in self._adapters if k[0] == key])
             for view_key in [k for k, v in self._views.items() if key in v.keys]:
                 del self._views[view_key]
         if comp is None:
             return 0
-        log.info("unloaded %s (%.1f MB)", comp.label, comp.nbytes / 1e6)
+        log.info("unloaded %s (%.1f MB)", comp.label, (comp.nbytes + adapters) / 1e6)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        return comp.nbytes
+        return comp.nbytes + adapters
 
     def unload(self, preset_name: str) -> int:
         """Unload every component of a preset; returns the bytes freed."""
         preset = self.preset(preset_name)
         with self._lock:
-            keys = [self.key(preset, role) for role in self._loaded_roles(preset)]
+            keys = [self.key(preset, role) for role in self._component_roles(preset)]
         return sum(self._drop(key) for key in keys)
 
     def unload_others(self, preset_name: str) -> None:
         """Free every component the preset does not use (to retry after running out of memory)."""
         preset = self.preset(preset_name)
         with self._lock:
-            mine = {self.key(preset, role) for role in self._loaded_roles(preset)}
+            mine = {self.key(preset, role) for role in self._component_roles(preset)}
             keys = [k for k in self._components if k not in mine]
         for key in keys:
             self._drop(key)
@@ -286,7 +339,9 @@ class ModelManager:
         """Loaded components of a preset by role (for inspection, tests and benchmarks)."""
         preset = self.preset(preset_name)
         with self._lock:
-            return {role: self._components[self.key(preset, role)].obj for role in self._loaded_roles(preset)}
+            return {
+                role: self._components[self.key(preset, role)].obj for role in self._component_roles(preset)
+            }
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")

@@ -27,6 +27,7 @@ from ...protocol.messages import (
     HEARTBEAT_IVL_MS,
     HEARTBEAT_TIMEOUT_MS,
     HEARTBEAT_TTL_MS,
+    MAX_LANE_CHARS,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     attach_frames,
@@ -52,7 +53,7 @@ from .intake import (
     loggable,
     unpack_request,
 )
-from .jobs import CANCEL_ABANDONED, CANCEL_CLIENT, CANCEL_SHUTDOWN, FairQueue, Job
+from .jobs import CANCEL_ABANDONED, CANCEL_CLIENT, CANCEL_SHUTDOWN, CANCEL_SUPERSEDED, FairQueue, Job
 from .models import ModelManager
 from .policy import Policy
 from .pool.base import Pool, WorkerSpec
@@ -88,6 +89,7 @@ class Prepared:
     request: OpRequest
     preview: bool
     frames: bool
+    lane: str | None = None
 
 
 class Server:
@@ -391,7 +393,7 @@ class Server:
             "preprocessors": preprocessors.describe(),
             "schedulers": SCHEDULER_NAMES,
             "limits": {**self.limits.to_wire(), **self.policy.to_wire()},
-            "features": ["frames", "sessions"],
+            "features": ["frames", "sessions", "lanes"],
             "session": session.token,
             "resumed": resumed,
             "jobs": self._session_jobs(session),
@@ -453,6 +455,7 @@ class Server:
             raw_images = _field(msg, "images", dict) or {}
             preview = _field(msg, "preview", bool) or False
             frames = _field(msg, "frames", bool) or False
+            lane = _lane(msg)
 
             def decode(inner_op: str, inner_params: dict[str, Any]) -> dict[str, Any]:
                 return self._decode_images(inner_op, inner_params, raw_images)
@@ -466,7 +469,7 @@ class Server:
                 OPS[op].check(request, self.limits)
                 family(preset.family).check(request)
             admit(request, self.policy)
-            return Prepared(request, preview, frames)
+            return Prepared(request, preview, frames, lane)
 
     def _decode_images(self, op: str, params: dict[str, Any], raw: dict[str, Any]) -> dict:
         """Decode the image slots the op knows and the images its units or items name. Called with
@@ -523,11 +526,45 @@ class Server:
             prepared.preview,
             prepared.frames,
             charged,
+            lane=prepared.lane,
         )
+        older = self._lane_jobs(job)
+        waiting = [old for old in older if self.queue.remove(old.id) is not None]  # before the position
         self._track(session, job)
         position = self.queue.put(job) + len(self.dispatcher.retry)
         log.info("job %s: %s on %s accepted at position %d", job.id, job.op, job.model, position)
-        return {"type": "accepted", "job": job.id, "position": position}
+        self._answer(pending.conn, pending.msg, {"type": "accepted", "job": job.id, "position": position})
+        self._supersede(job, older, waiting)
+        return None
+
+    def _lane_jobs(self, job: Job) -> list[Job]:
+        """The queued, retrying or running jobs that `job` replaces: its session's, in its lane, not
+        already being stopped for another reason."""
+        if job.lane is None:
+            return []
+        return [
+            old
+            for old in self.jobs.values()
+            if old.session == job.session
+            and old.lane == job.lane
+            and old.kind == "op"
+            and not old.cancel_requested.is_set()
+        ]
+
+    def _supersede(self, new: Job, older: list[Job], waiting: list[Job]) -> None:
+        """Latest wins (PROTOCOL.md 9.6): end the older jobs of `new`'s lane, after its `accepted`.
+        Queued (already out of the queue: `waiting`) and retrying ones end now; running ones at their
+        next step, their worker's `cancelled` gets `by` in `_on_worker`."""
+        for old in older:
+            old.supersede(new.id)
+            final = old.envelope("cancelled", reason=CANCEL_SUPERSEDED, by=new.id)
+            if old in waiting:
+                self._end_queued(old, final)
+            elif self.dispatcher.take_retry(old.id) is not None:
+                self._end(old, final)
+            else:
+                self.dispatcher.cancel(old)
+            log.info("job %s superseded by %s in its lane", old.id, new.id)
 
     def _track(self, session: Session, job: Job) -> None:
         self.budget.add_job(job.identity)
@@ -559,6 +596,8 @@ class Server:
             self._forget(job)
             self._deliver(session, message)
         else:
+            if message.get("type") == "cancelled" and job.superseded_by is not None:
+                message["by"] = job.superseded_by
             self._finish(job, message)
 
     def _finish(self, job: Job, message: dict[str, Any]) -> None:
@@ -837,6 +876,16 @@ def _field(msg: dict[str, Any], name: str, kind: type, required: bool = False) -
             ErrorCode.INVALID_TYPE, f"{name} must be {kind.__name__}, got {type(value).__name__}", name
         )
     return value
+
+
+def _lane(msg: dict[str, Any]) -> str | None:
+    """A submit's `lane`: absent or nil = none; else a str of 1 … MAX_LANE_CHARS characters."""
+    lane = _field(msg, "lane", str)
+    if lane is not None and not 1 <= len(lane) <= MAX_LANE_CHARS:
+        raise RequestError(
+            ErrorCode.OUT_OF_RANGE, f"lane must have 1 … {MAX_LANE_CHARS} characters, got {len(lane)}", "lane"
+        )
+    return lane
 
 
 def _internal(exc: BaseException) -> dict[str, Any]:
