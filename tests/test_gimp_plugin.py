@@ -173,7 +173,9 @@ def test_modes_map_to_protocol_ops() -> None:
     compare = modes.mode_by_key("compare")
     assert [value for value, _ in compare.arg("base-mode").choices] == list(modes.COMPARED)
     for key in modes.COMPARED:  # Compare has every argument its base modes send
-        wanted = {a.name for a in modes.mode_by_key(key).args if a.param} - {"width", "height", "depth-layer"}
+        # (not `rank`: Compare lays out one picture per preset, in the order the presets were ticked)
+        skipped = {"width", "height", "depth-layer", "rank"}
+        wanted = {a.name for a in modes.mode_by_key(key).args if a.param} - skipped
         assert wanted <= {a.name for a in compare.args}, key
 
 
@@ -181,16 +183,16 @@ def test_arguments_are_the_daemons_parameters(daemon) -> None:
     """Each argument's `param` (what the dialog greys out when a preset lacks it) is a parameter or
     image slot of its op in the daemon's own table, so the dialog and the daemon agree."""
     with job.Session(daemon.endpoint, protocol=_protocol) as session:
-        ops = session.welcome["ops"]
+        ops, presets = session.welcome["ops"], session.welcome["models"]
     for mode in modes.MODES:
         inner = modes.COMPARED if mode.key == "compare" else (mode.key,)
         for arg in mode.args:
             if arg.param is None:
                 continue
-            slots = [
-                set(ops[modes.mode_by_key(k).op]["images" if arg.kind == "layer" else "params"])
-                for k in inner
-            ]
+            what = "images" if arg.kind == "layer" else "params"
+            slots = [set(ops[modes.mode_by_key(k).op][what]) for k in inner]
+            if arg.param == "rank":  # a param of the presets with a CLIP only (PROTOCOL.md 8.3)
+                slots = [set(p["op_specs"].get(mode.op, {}).get("params") or ()) for p in presets]
             assert any(arg.param in slot for slot in slots), (mode.key, arg.name, arg.param)
 
 
@@ -730,6 +732,7 @@ def test_gimp_registers_every_procedure(gimp_modes: dict[str, Any]) -> None:
         "str": "gchararray",
         "int": "gint",
         "float": "gdouble",
+        "bool": "gboolean",
         "choice": "gchararray",
         "layer": "GimpLayer",
         "strings": "GStrv",
@@ -857,6 +860,49 @@ def test_gimp_mode_adds_layers_and_keeps_the_rest(gimp_modes: dict[str, Any], ke
         h, w = _original().shape[:2]
         sketch = np.asarray(_sketch().convert("RGBA"))
         assert np.array_equal(_rgba(out, control["pixels"], w, h), sketch)
+
+
+def test_gimp_ranked_variations_best_on_top(gimp: GimpEnv, daemon) -> None:
+    """Rank by CLIP on `tiny`, 3 variations: the layers come best first, only the best one visible,
+    each storing (and naming) its own score in descending order as the daemon sent them; the user's
+    pixels stay as they were."""
+    inpaint = modes.mode_by_key("inpaint")
+    args = {"endpoint": daemon.endpoint, "steps": STEPS, "seed": 7, "prompt": "a fox head"}
+    call = {"name": "ranked", "procedure": inpaint.procedure, "selection": SELECTION}
+    dialog = {**call, "name": "ranked-dialog", "interactive": True, "args": {**args, "variations": 3}}
+    calls = [{**call, "args": {**args, "variations": 3, "rank": True}}, dialog]
+    # the dialog: the "Rank by CLIP" box shows (tiny ranks, 3 variations); alt+k ticks it, alt+o is OK
+    home = gimp.work / "home-ranked"  # the dialog's remembered values stay out of the other tests
+    shutil.copytree(gimp.home, home, symlinks=True)
+    alone = replace(gimp, home=home)
+    result = alone.batch("ranked", calls, dialogs={"Underpaint Inpaint": "alt+k alt+o"})
+    out, entry = result["out"], result["calls"]["ranked"]
+    ticked = result["calls"]["ranked-dialog"]
+    assert ticked["success"], f"{ticked['error']}\n{result['log']}"
+    names = [row["name"] for row in ticked["image"]["layers"] if row["parent"] == "Underpaint"]
+    assert len(names) == 3 and all(re.search(r" \(tiny\) score -?\d\.\d\d$", n) for n in names), names
+    shot = json.loads((out / "dialogs.json").read_text())["dialogs"][0]
+    assert shot["geometry"][3] <= 900, shot  # the dialog with the box still fits a laptop screen
+    assert entry["success"], f"{entry['error']}\n{result['log']}"
+    rows = [row for row in entry["image"]["layers"] if row["parent"] == "Underpaint"]
+    stored = [json.loads(row["parasites"]["underpaint-params"]) for row in rows]
+    scores = [s["score"] for s in stored]
+    assert len(rows) == 3 and all(isinstance(x, float) and -1 <= x <= 1 for x in scores), stored
+    assert scores == sorted(scores, reverse=True), "best first, as the daemon ranked them"
+    assert sorted(s["seed"] for s in stored) == [7, 8, 9], "each picture keeps the seed that made it"
+    assert all(s["params"]["rank"] is True and s["params"]["variations"] == 3 for s in stored)
+    for row, s in zip(rows, stored, strict=True):
+        assert row["name"] == f"Inpaint seed {s['seed']} (tiny) score {s['score']:.2f}", row["name"]
+    visible = [row for row in rows if row["visible"]]
+    shown = [(row["name"], row["visible"]) for row in rows]
+    assert visible == [rows[0]] and stored[0]["score"] == max(scores), shown
+    _check_added_layers(out, entry, "ranked", [row["name"] for row in rows], [])  # the user's pixels
+    h, w = _original().shape[:2]
+    best = _rgba(out, rows[0]["pixels"], rows[0]["width"], rows[0]["height"])
+    x, y = rows[0]["x"], rows[0]["y"]
+    top = _rgba(out, entry["image"]["composite"], w, h)[y : y + best.shape[0], x : x + best.shape[1]]
+    solid = best[..., 3] == 255
+    assert np.array_equal(top[solid], best[solid]), "what shows is the best picture, not a hidden one"
 
 
 def test_gimp_grayscale_image(gimp_modes: dict[str, Any]) -> None:

@@ -1440,6 +1440,63 @@ def test_krita_reword_a_result(krita_home: Path, daemon: Any, inputs: dict[str, 
     assert not np.array_equal(src[..., :3], new[..., :3]), "the reworded layer is the same picture"
 
 
+def test_krita_rank_by_clip(krita_home: Path, daemon: Any, inputs: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 11 in real Krita: "Rank by CLIP" only where the preset's op spec lists `rank` (not DDPM),
+    greyed out at one variation, tipped and reachable at the default docker size; a ranked Generate of
+    3 variations on `tiny`: the visible layer is the best one, each layer stores its score (and shows
+    it in its name) in the order the daemon sent them, and the painter's pixels stay as they were."""
+    out = tmp_path / "rank"
+    config = {
+        "endpoint": daemon.endpoint,
+        "picture": str(PICTURE),
+        "mask": str(inputs["folder"] / "mask.raw"),
+        "kra": str(out / "rank.kra"),
+        "prompt": "a red fox in the snow",
+        "seed": 40,
+    }
+    res = run_krita(krita_home, "scenario_rank.py", out, config, daemon=daemon)["results"]
+    assert res.get("dialogs") is None, res.get("dialogs")
+    assert not res["ddpm"]["shown"] and "Rank" not in res["ddpm"]["extra_labels"], res["ddpm"]
+    assert res["tiny_one"]["shown"] and not res["tiny_one"]["enabled"], res["tiny_one"]
+    assert res["tiny_three"]["shown"] and res["tiny_three"]["enabled"], res["tiny_three"]
+    assert "Rank" not in res["tiny_three"]["extra_labels"] and "CLIP" in res["tooltip"]
+    layout = res["layout"]
+    assert layout["hscroll"] == 0 and layout["body_width"] <= layout["viewport_width"], layout
+    assert layout["check_shown"] and layout["untipped"] == [], layout
+    assert res["sent_rank"] is True
+
+    entry = res["entry"]
+    assert entry["state"] == "done" and "added 3 layer" in res["message"], res["message"]
+    sent = [image["score"] for image in entry["images"]]  # as the daemon sent them: best first
+    assert len(sent) == 3 and all(isinstance(s, float) for s in sent), sent
+    assert sent == sorted(sent, reverse=True) and len(set(sent)) == 3, sent
+    assert entry["seed"] == entry["images"][0]["seed"]
+    assert sorted(image["seed"] for image in entry["images"]) == [40, 41, 42]
+    assert res["previews"] == [] and res["background_unchanged"] and res["saved"]
+
+    doc = kra.read_kra(Path(config["kra"]))
+    assert np.array_equal(doc.pixels(doc.find("Background"))[..., [2, 1, 0, 3]], inputs["picture"])
+    group = doc.find("Underpaint")
+    records = json.loads(doc.annotations["underpaint"])["layers"]
+    placed = [layer["uuid"] for layer in res["placed"]]  # the daemon's order, best first
+    assert sorted(placed) == sorted(layer.uuid for layer in group.children)
+    stored = [records[uuid]["score"] for uuid in placed]
+    assert stored == sent, (stored, sent)
+    assert [records[uuid]["seed"] for uuid in placed] == [image["seed"] for image in entry["images"]]
+    assert all(records[uuid]["params"]["rank"] is True for uuid in placed)
+    visible = [layer for layer in group.children if layer.visible]
+    assert len(visible) == 1, [(layer.name, layer.visible) for layer in group.children]
+    best = max(group.children, key=lambda layer: records[layer.uuid]["score"])
+    assert visible[0].uuid == best.uuid == placed[0]
+    for layer in group.children:
+        score = records[layer.uuid]["score"]
+        assert f"score {score:.3f}" in layer.name and records[layer.uuid]["name"] == layer.name, layer.name
+    mask = inputs["mask"]
+    for layer in group.children:
+        assert not doc.pixels(layer)[..., 3][mask == 0].any(), "a result outside the selection"
+    assert len({doc.pixels(layer).tobytes() for layer in group.children}) == 3
+
+
 def test_krita_without_pyzmq(krita_home: Path, tmp_path: Path) -> None:
     """Krita's Python without zmq: the docker loads and tells the painter what to install.
 

@@ -43,6 +43,7 @@ from .modes import (
     NEGATIVE,
     PADDING,
     PROMPT,
+    RANK,
     RESOLUTION,
     SCHEDULER,
     SEED,
@@ -195,6 +196,16 @@ class Form:
         self._build_seed(form)
         self.variations_spin = _int(1, 8, 1, "how many pictures: one layer each (the first visible)")
         self._add_row(form, VARIATIONS, "Variations", self.variations_spin)
+        self.rank_check = QCheckBox("Rank by CLIP")
+        self.rank_check.setObjectName("underpaint_rank")
+        self.rank_check.setToolTip(
+            "score each picture by how well it matches the prompt (CLIP) and show the best one: "
+            "its layer is the visible one, each layer's name and stored settings keep its score"
+        )
+        self.rank_check.setMinimumWidth(20)  # a narrow docker cuts the text, it is not widened
+        form.add(None, self.rank_check)
+        self._rows[RANK] = [self.rank_check]
+        self.variations_spin.valueChanged.connect(lambda *_: self._show_rank())
         layout.addLayout(form)
 
         self.extras = ExtraParams()
@@ -363,10 +374,19 @@ class Form:
                 widget.setVisible(key in shown)
         params = (spec or {}).get("params") or {}
         self._follow_spec(params, run)
+        self._show_rank()
         self.extras.set_spec(params)
         # The hints live in tooltips: a docker at Krita's default size has no room for them.
         self.mode_combo.setToolTip(f"{mode.label}: {mode.hint} (greyed out: the model cannot run it)")
         self.compare_panel.base_combo.setToolTip(f"the mode every ticked model runs; {run.label}: {run.hint}")
+
+    def _show_rank(self) -> None:
+        """Rank by CLIP only where the op spec lists `rank` and the op makes several pictures; it is
+        greyed out while Variations is 1 (nothing to choose from)."""
+        shown = visible_fields(self.run_mode(), self.spec())
+        several = VARIATIONS in shown and self.variations_spin.maximum() > 1
+        self.rank_check.setVisible(RANK in shown and several)
+        self.rank_check.setEnabled(self.variations_spin.value() > 1)
 
     def _follow_spec(self, params: dict[str, Any], run: Mode) -> None:
         """Ranges, defaults and sampler choices of the picked preset's op. A field the painter left at
@@ -419,6 +439,7 @@ class Form:
             image_guidance=float(self.image_guidance_spin.value()),
             seed=seed,
             variations=int(self.variations_spin.value()),
+            rank=self.rank_check.isChecked() and self.rank_check.isEnabled(),
             model=self.model_name(),
             resolution=int(self.resolution_spin.value()),
             padding=int(self.padding_spin.value()),

@@ -126,6 +126,7 @@ def apply_values(form: Form, values: FormValues, *, seed_text: str = "") -> list
     form.instruction_edit.setText(values.instruction)
     for name in SPINS:
         _spin(form, name).setValue(getattr(values, name))
+    form.rank_check.setChecked(values.rank)
     form.random_seed_check.setChecked(values.seed is None)
     form.seed_edit.setText(str(values.seed) if values.seed is not None else (seed_text or "0"))
     _set_data(form.factor_combo, values.factor)

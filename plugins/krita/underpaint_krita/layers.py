@@ -24,7 +24,7 @@ from . import qimages
 from .modes import ANNOTATION_DESCRIPTION, ANNOTATION_TYPE, GROUP_NAME, PREVIEW_NAME
 from .pixels import rgba_to_bgra, set_alpha
 from .protocol.regions import Rect, placement
-from .records import merge_records
+from .records import best_image, merge_records
 
 MASK_TYPES = frozenset({"selectionmask", "transparencymask", "filtermask", "transformmask", "colorizemask"})
 
@@ -208,9 +208,11 @@ def insert_results(
     size: tuple[int, int] | None,
     names: list[str],
 ) -> list[tuple[Any, Rect]]:
-    """One paint layer per variation at region origin + the image's (x, y); first visible, others
-    hidden. The first takes over the preview layer when there is one; the rest go in together."""
+    """One paint layer per variation at region origin + the image's (x, y); the best one visible (a
+    ranked job: the highest `score`, else the first), the others hidden. The first takes over the
+    preview layer when there is one; the rest go in together."""
     images = result.get("images") or []
+    shown = best_image(images)
     rects: list[Rect] = []
     pixels: list[bytes] = []
     for i, image in enumerate(images):
@@ -227,7 +229,7 @@ def insert_results(
         rect = rects[i]
         node.setName(names[i])
         node.setPixelData(pixels[i], rect.x, rect.y, rect.width, rect.height)
-        node.setVisible(i == 0)
+        node.setVisible(i == shown)
 
     nodes: list[Any] = []
     first = preview.take() if (preview is not None and images) else None
@@ -257,7 +259,7 @@ def open_upscaled(krita: Any, result: dict[str, Any], title: str, names: list[st
         node = doc.createNode(names[i], "paintlayer")
         root.addChildNode(node, layers_of(root)[-1] if layers_of(root) else None)
         node.setPixelData(rgba_to_bgra(bytes(image["data"])), 0, 0, int(image["width"]), int(image["height"]))
-        node.setVisible(i == 0)
+        node.setVisible(i == best_image(images))
     doc.refreshProjection()
     window = krita.activeWindow()
     if window is not None:

@@ -23,8 +23,9 @@ PROMPT, NEGATIVE, INSTRUCTION, STRENGTH, IMAGE_GUIDANCE = (
 CONTROL, FACTOR, SOURCE, DEPTH, MIX = "control", "factor", "source", "depth", "mix"
 STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER = "steps", "guidance", "seed", "variations", "scheduler"
 RESOLUTION, PADDING, FEATHER = "resolution", "padding", "feather"
+RANK = "rank"  # best picture first, each with its CLIP score (presets whose op spec lists `rank`)
 
-COMMON = frozenset({STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER})
+COMMON = frozenset({STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER, RANK})
 REGION = frozenset({SOURCE, RESOLUTION, PADDING, FEATHER})  # ops that read the selection's pixels
 
 #: The op parameter (or image slot, as "images.NAME") behind each field: shown only if the spec has it.
@@ -43,6 +44,7 @@ FIELD_PARAMS: dict[str, str] = {
     GUIDANCE: "guidance_scale",
     SEED: "seed",
     VARIATIONS: "variations",
+    RANK: "rank",
     SCHEDULER: "scheduler",
     RESOLUTION: "resolution",
     PADDING: "padding",
@@ -204,6 +206,7 @@ class FormValues:
     image_guidance: float = 1.5
     seed: int | None = None  # None = random
     variations: int = 1
+    rank: bool = False  # Rank by CLIP: sent only where the op spec takes `rank`
     model: str = ""  # "" = the daemon's default preset
     resolution: int = 0  # 0 = the preset's native resolution
     padding: int = 32
@@ -265,9 +268,10 @@ def field_param(mode: Mode, name: str) -> str:
 
 
 def visible_fields(mode: Mode, spec: dict[str, Any] | None) -> frozenset[str]:
-    """The mode's fields that the op spec takes (all of them when the daemon sent no spec)."""
+    """The mode's fields that the op spec takes (all of them when the daemon sent no spec, but
+    Rank: only a spec that lists `rank` says the preset can rank)."""
     if spec is None:
-        return mode.fields
+        return mode.fields - {RANK}
     params, images = spec.get("params") or {}, spec.get("images") or {}
 
     def takes(name: str) -> bool:
@@ -323,6 +327,8 @@ def build_params(
         params["steps"] = int(form.steps)
     if VARIATIONS in fields:
         params["variations"] = int(form.variations)
+    if RANK in fields and form.rank:
+        params["rank"] = True
     if NEGATIVE in fields:
         params["negative_prompt"] = form.negative_prompt
     if GUIDANCE in fields:

@@ -76,14 +76,17 @@ def clean_up(context: JobContext) -> None:
 
 
 def layer_names(context: JobContext, result: dict[str, Any], fallback_seed: int) -> list[str]:
-    """One name per image: mode, seed, the preset that made it (and for Compare its seconds)."""
+    """One name per image: mode, seed, the preset that made it (Compare: its seconds; a ranked job:
+    the picture's CLIP score)."""
     names = []
     for image in result.get("images") or []:
         preset = str(image.get("model") or result.get("model") or "")
         entry = compare_entry(result, preset) if context.form.mode == "compare" else None
         seconds = float(entry.get("run") or 0.0) if entry is not None else None
         label = "Reword" if context.reword_of else None
-        names.append(layer_name(context.form, int(image.get("seed", fallback_seed)), preset, seconds, label))
+        score = float(image["score"]) if image.get("score") is not None else None
+        seed = int(image.get("seed", fallback_seed))
+        names.append(layer_name(context.form, seed, preset, seconds, label, score))
     return names
 
 
@@ -166,7 +169,7 @@ def history_entry(job: Job) -> dict[str, Any]:
         entry["model"] = job.result.get("model")
         entry["compare"] = job.result.get("compare")
         entry["images"] = [
-            {k: image.get(k) for k in ("x", "y", "width", "height", "seed", "model")}
+            {k: image.get(k) for k in ("x", "y", "width", "height", "seed", "model", "score")}
             for image in job.result.get("images") or []
         ]
         entry["layers"] = [

@@ -25,13 +25,21 @@ def text_head(form: FormValues, limit: int = 40) -> str:
 
 
 def layer_name(
-    form: FormValues, seed: int, preset: str = "", seconds: float | None = None, label: str | None = None
+    form: FormValues,
+    seed: int,
+    preset: str = "",
+    seconds: float | None = None,
+    label: str | None = None,
+    score: float | None = None,
 ) -> str:
-    """e.g. 'Inpaint #1234 (sd15): a red fox', or with Compare's time: 'Refine #7 (sdxl, 2.1 s): ...';
-    `label` replaces the mode's (Reword)."""
+    """e.g. 'Inpaint #1234 (sd15): a red fox', or with Compare's time: 'Refine #7 (sdxl, 2.1 s): ...',
+    a ranked one's CLIP score: 'Generate #5 (sd15, score 0.312): ...'; `label` replaces the mode's
+    (Reword)."""
     head = text_head(form)
     label = label or form.run_mode().label
-    tags = [t for t in (preset, f"{seconds:.2f} s" if seconds is not None else "") if t]
+    timed = f"{seconds:.2f} s" if seconds is not None else ""
+    scored = f"score {score:.3f}" if score is not None else ""
+    tags = [t for t in (preset, timed, scored) if t]
     name = f"{label} #{seed}" + (f" ({', '.join(tags)})" if tags else "")
     return f"{name}: {head}" if head else name
 
@@ -59,6 +67,8 @@ def generation_record(
         "stamp": round(time.time(), 3),  # orders the history strip (newest job first)
         **extra,
     }
+    if image.get("score") is not None:  # a ranked job (rank: true): this picture's CLIP score
+        record["score"] = float(image["score"])
     entry = compare_entry(result, preset)
     if entry is not None:
         record["op"] = form.run_mode().op
@@ -66,6 +76,15 @@ def generation_record(
         record["compare"] = {k: v for k, v in entry.items() if k != "params"}
         record["family"] = entry.get("family")
     return record
+
+
+def best_image(images: list[dict[str, Any]]) -> int:
+    """The index of the picture to show: the highest CLIP score of a ranked result (the daemon sends
+    them best first, so 0), else the first."""
+    scores = [image.get("score") for image in images]
+    if not images or any(score is None for score in scores):
+        return 0
+    return max(range(len(images)), key=lambda i: (float(scores[i]), -i))
 
 
 def compare_entry(result: dict[str, Any], preset: str | None) -> dict[str, Any] | None:

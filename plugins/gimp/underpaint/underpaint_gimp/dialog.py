@@ -23,7 +23,7 @@ from gi.repository import Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 from . import job as jobs  # noqa: E402
 from .connection import recall  # noqa: E402
 from .keys import CLIENT_ARG, SERVER_ARG, KeyFiles  # noqa: E402
-from .modes import MODEL, Arg, Mode, effective  # noqa: E402
+from .modes import MODEL, RANK, Arg, Mode, effective  # noqa: E402
 from .presets import Catalog, Preset, help_text  # noqa: E402
 from .prompt_errors import PromptError  # noqa: E402
 from .request import UserError  # noqa: E402
@@ -229,6 +229,10 @@ class _Picker:
             if arg.name not in self._tooltips:
                 self._tooltips[arg.name] = widget.get_tooltip_text()
             used = takes(arg)
+            if arg.name == RANK.name:  # shown only where it can rank: the preset lists it, 2+ variations
+                used = used and int(self.config.get_property("variations") or 1) > 1
+                widget.set_no_show_all(True)  # the dialog's show_all must not bring it back
+                widget.set_visible(used)
             widget.set_sensitive(used)
             widget.set_tooltip_text(self._tooltips[arg.name] if used else f"{why} does not use this setting")
 
@@ -264,6 +268,8 @@ class PresetPicker(_Picker):
         self.row.pack_start(self.combo, True, True, 0)
         self.row.pack_start(self.refresh_button, False, False, 0)
         self.entry.connect("changed", lambda _entry: self.update())
+        if mode.has(RANK.name):
+            config.connect("notify::variations", lambda *_args: self.update())
 
     def fill(self) -> None:
         self.store.clear()

@@ -88,6 +88,7 @@ def add_result_layers(
             if mask is not None:
                 _mask_with(layer, *mask)
             layer.attach_parasite(_parasite(PARASITE, plan.parasite))
+            layer.set_visible(plan.visible)
             layers.insert(0, layer)
     finally:
         image.undo_group_end()
@@ -167,6 +168,7 @@ def new_image_with(base: Gimp.Image, plans: list[LayerPlan]) -> Gimp.Image:
         layer.set_offsets(plan.x, plan.y)
         _fill(layer, plan)
         layer.attach_parasite(_parasite(PARASITE, plan.parasite))
+        layer.set_visible(plan.visible)
     image.undo_enable()
     return image
 

@@ -37,7 +37,7 @@ PATCH, FILL, NEW_IMAGE = "patch", "fill", "new-image"
 
 @dataclass(frozen=True)
 class Arg:
-    """One procedure argument. `kind`: str, int, float, choice, layer or strings (a string array).
+    """One procedure argument. `kind`: str, int, float, bool, choice, layer or strings (a string array).
 
     `param` names what it becomes on the wire (a parameter, `units` for ControlNet's, or an image
     slot for a layer), so the dialog can grey out what the picked preset does not take; None: the
@@ -101,6 +101,18 @@ PADDING = Arg(
 )
 SEED = Arg("seed", "int", "See_d", "Seed of the first variation (-1 = random)", -1, -1, MAX_INT, param="seed")
 VARIATIONS = Arg("variations", "int", "_Variations", "Number of result layers", 1, 1, 8, param="variations")
+
+
+def _rank(nick: str = "Ran_k by CLIP") -> Arg:
+    """`rank` (PROTOCOL.md 8.3): shown for presets whose op spec lists it, with two or more variations."""
+    blurb = (
+        "Order the variations by how closely CLIP finds each matches what was asked for: the best one "
+        "on top and the only one visible, each layer named and stored with its score (-1 … 1)"
+    )
+    return Arg("rank", "bool", nick, blurb, False, param="rank")
+
+
+RANK = _rank()
 MODEL = Arg("model", "str", "_Model preset", "Daemon model preset (empty = the daemon's default)", "")
 ENDPOINT = Arg("endpoint", "str", "Daemon _endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT)
 SERVER_KEY = Arg(
@@ -134,7 +146,11 @@ def _settings(nick: str = "_Family settings") -> Arg:
     )
 
 
-COMMON_TAIL = (SEED, VARIATIONS, _settings(), MODEL, *CONNECTION)
+def _tail(rank: Arg = RANK) -> tuple[Arg, ...]:
+    return (SEED, VARIATIONS, rank, _settings(), MODEL, *CONNECTION)
+
+
+COMMON_TAIL = _tail()
 
 # The modes Compare can run on several presets (their parameters are all Compare's own arguments).
 COMPARED = ("generate", "refine", "inpaint", "variation", "depth")
@@ -226,7 +242,7 @@ MODES: tuple[Mode, ...] = (
             _guidance(),
             SOURCE,
             PADDING,
-            *COMMON_TAIL,
+            *_tail(_rank("Rank _by CLIP")),  # _k is the ControlNet kind's
         ),
     ),
     Mode(

@@ -30,6 +30,7 @@ class LayerPlan:
     data: bytes
     parasite: bytes
     fit: Rect | None = None  # cover this rectangle, scaled uniformly and cropped (Generate, Mix)
+    visible: bool = True  # a ranked job: only its best picture (the first) is shown
 
 
 def seconds_text(seconds: float) -> str:
@@ -70,6 +71,8 @@ def parasite_payload(
         "job": result.get("job"),
         "not_sent": list(not_sent),
     }
+    if image.get("score") is not None:  # a ranked job (PROTOCOL.md 8.3): this picture's CLIP score
+        payload["score"] = float(image["score"])
     return json.dumps(payload, sort_keys=True, default=str).encode("utf-8")
 
 
@@ -123,6 +126,7 @@ def plan_layers(
     compared = {entry.get("model"): entry for entry in result.get("compare") or []}
     base = mode_by_op(str(result["params"]["op"])) if mode.key == "compare" else mode
     plans = []
+    ranked = mode.key != "compare" and any(i.get("score") is not None for i in result.get("images") or [])
     for image in result.get("images") or []:
         width, height, data = _pixels(image)
         if mode.new_image:
@@ -138,6 +142,9 @@ def plan_layers(
             parasite = _compare_payload(summary, result, image, region, dict(sources or {}))
         else:
             name = layer_name(mode, seed, result.get("model"))
+            if ranked and image.get("score") is not None:  # best first, as the daemon ranked them
+                name += f" score {float(image['score']):.2f}"
             parasite = parasite_payload(mode, result, image, region, not_sent, sources)
-        plans.append(LayerPlan(name, x, y, width, height, data, parasite, target))
+        visible = not ranked or not plans
+        plans.append(LayerPlan(name, x, y, width, height, data, parasite, target, visible))
     return plans

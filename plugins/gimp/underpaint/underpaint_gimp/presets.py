@@ -83,7 +83,8 @@ class Catalog:
 
     def family_settings(self, preset: Preset, op: str) -> dict[str, str]:
         """The params only this preset's family takes for `op` -> `name=default, min … max: doc`."""
-        extra = {n: s for n, s in preset.specs(op).items() if n not in self.common.get(op, set())}
+        own = self.common.get(op, set()) | {"rank"}  # `rank` has its own box (Rank by CLIP)
+        extra = {n: s for n, s in preset.specs(op).items() if n not in own}
         described = {}
         for name, spec in extra.items():
             low, high = spec.get("min"), spec.get("max")

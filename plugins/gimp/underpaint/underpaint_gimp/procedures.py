@@ -62,6 +62,8 @@ def _add_argument(procedure: Gimp.Procedure, arg: Arg) -> None:
         procedure.add_int_argument(
             arg.name, arg.nick, arg.blurb, int(arg.min), int(arg.max), arg.default, FLAGS
         )
+    elif arg.kind == "bool":
+        procedure.add_boolean_argument(arg.name, arg.nick, arg.blurb, bool(arg.default), FLAGS)
     elif arg.kind == "float":
         procedure.add_double_argument(arg.name, arg.nick, arg.blurb, arg.min, arg.max, arg.default, FLAGS)
     elif arg.kind == "choice":

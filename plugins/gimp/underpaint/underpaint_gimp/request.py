@@ -18,7 +18,7 @@ from .region import generate_size
 
 MAX_ITEMS = 8  # the daemon's limit on `mix` items
 # Params the plug-in's own arguments set (listing them as settings to type would only confuse).
-_COMMON_HANDLED = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "variations")
+_COMMON_HANDLED = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "variations", "rank")
 
 
 class UserError(Exception):
@@ -82,6 +82,8 @@ def _common(mode: Mode, values: dict[str, Any]) -> dict[str, Any]:
     if guidance >= 0:  # Upscale: -1 = the upscaler's own default
         params["guidance_scale"] = guidance
     params["seed"] = pick_seed(int(values.get("seed", -1)), variations)
+    if values.get("rank") and variations > 1:  # one picture has nothing to be ranked against
+        params["rank"] = True
     return params
 
 
