@@ -329,4 +329,9 @@ def test_counting_never_builds_the_full_size_models(client: Any) -> None:
     """Counting tokens before `accepted` reads tokenizer files only: for the full-size random models
     (gigabytes, built on first use) that are not built yet, the job counts when it runs instead."""
     job = client.submit("txt2img", {"prompt": "a (red:1.2) fox", "steps": 1}, model="fullsize")
-    client.cancel(job)
+    try:
+        client.cancel(job)  # accepted without building anything: nothing left to wait for
+    except DaemonError as gone:
+        # Where the full-size build cannot even start (no CLIP vocabulary installed), the job has
+        # already ended with its error by now: it was still accepted first, which is the point.
+        assert gone.code == "unknown_job", gone
