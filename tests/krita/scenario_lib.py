@@ -107,6 +107,11 @@ def add_paint_layer(doc: Any, name: str, bgra: bytes, above: Any, visible: bool 
     return node
 
 
+def node_pixels(node: Any, doc: Any) -> bytes:
+    """A layer's pixels over the whole canvas: compared before and after a job (never modified)."""
+    return bytes(node.pixelData(0, 0, doc.width(), doc.height()))
+
+
 def select_mask(doc: Any, mask: bytes) -> None:
     """Any shape, soft edges: a full-canvas 8-bit selection."""
     selection = Selection()

@@ -15,6 +15,7 @@ from scenario_lib import (
     fully_visible,
     generate,
     group_layers,
+    node_pixels,
     open_picture,
     pick_model,
     preview_layers,
@@ -22,10 +23,6 @@ from scenario_lib import (
     untipped,
     wait_for_docker,
 )
-
-
-def pixels(node: Any, doc: Any) -> bytes:
-    return bytes(node.pixelData(0, 0, doc.width(), doc.height()))
 
 
 def rank_state(docker: Any) -> dict[str, Any]:
@@ -47,7 +44,7 @@ def scenario(ctx: Any):
     select_mask(doc, Path(cfg["mask"]).read_bytes())
     yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
     background = doc.activeNode()
-    background_pixels = pixels(background, doc)
+    background_pixels = node_pixels(background, doc)
     form = docker.form
 
     # A preset that cannot rank: no Rank control (and no "Rank" among its model options).
@@ -94,5 +91,5 @@ def scenario(ctx: Any):
     ]
     res["placed"] = job.get("layers")
     res["previews"] = preview_layers(doc)
-    res["background_unchanged"] = pixels(background, doc) == background_pixels
+    res["background_unchanged"] = node_pixels(background, doc) == background_pixels
     res["saved"] = doc.saveAs(cfg["kra"])

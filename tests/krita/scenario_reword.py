@@ -15,16 +15,13 @@ from scenario_lib import (
     fully_visible,
     generate,
     group_layers,
+    node_pixels,
     open_picture,
     preview_layers,
     select_mask,
     untipped,
     wait_for_docker,
 )
-
-
-def pixels(node: Any, doc: Any) -> bytes:
-    return bytes(node.pixelData(0, 0, doc.width(), doc.height()))
 
 
 def scenario(ctx: Any):
@@ -37,7 +34,7 @@ def scenario(ctx: Any):
     background = doc.activeNode()
     res["generated"] = yield from generate(ctx, docker, "generate", prompt=cfg["prompt"], steps=4, seed=5)
     [source] = group_layers(doc)
-    source_pixels = pixels(source, doc)
+    source_pixels = node_pixels(source, doc)
     panel = docker.reword_panel
 
     # The picture layer: Reword is off and says why.
@@ -92,7 +89,7 @@ def scenario(ctx: Any):
     res["message"] = docker.message_label.full_text()
     res["layers"] = [node.name() for node in group_layers(doc)]
     res["previews"] = preview_layers(doc)
-    res["source_unchanged"] = pixels(source, doc) == source_pixels
+    res["source_unchanged"] = node_pixels(source, doc) == source_pixels
     res["active"] = doc.activeNode().name()
     res["background_active_before"] = background.name()
     res["saved"] = doc.saveAs(cfg["kra"])
