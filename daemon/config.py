@@ -23,7 +23,21 @@ TINY_PREFIX = "@tiny/"  # resolved by the model manager, which builds the tiny m
 FULLSIZE_PREFIX = "@fullsize/"  # likewise for the full-size random SD 1.5 models (benchmarks)
 
 #: Preset keys that are settings, not roles.
-SETTINGS = ("family", "resolution", "builtin", "config", "variant", "trust_pickle", "controlnets", "loras")
+SETTINGS = (
+    "family",
+    "resolution",
+    "builtin",
+    "config",
+    "variant",
+    "trust_pickle",
+    "controlnets",
+    "loras",
+    "defaults",
+    "live",
+)
+
+#: Params a preset's `live` map may set: the few-step, low-guidance sampling of live painting.
+LIVE_KEYS = ("steps", "guidance_scale", "scheduler", "loras")
 
 
 def data_home() -> Path:
@@ -47,6 +61,8 @@ class Preset:
     trust_pickle: bool = False  # the user vouches for pickled .ckpt files of this preset
     builtin: str | None = None  # "tiny" / "fullsize": built locally
     loras: dict[str, str] = field(default_factory=dict)  # LoRA name -> .safetensors file / folder / hub id
+    defaults: dict[str, Any] = field(default_factory=dict)  # param -> this preset's default (turbo: 1 step)
+    live: dict[str, Any] = field(default_factory=dict)  # params of the "live" sampler setting (LIVE_KEYS)
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,28 @@ def _preset(name: str, entry: dict[str, Any]) -> Preset:
     if not isinstance(entry, dict):
         raise ConfigError(f"preset {name!r} must be a table")
     preset = _preset_sources(name, entry)
-    return replace(preset, loras=_loras(preset, entry.get("loras", {})))
+    return replace(
+        preset,
+        loras=_loras(preset, entry.get("loras", {})),
+        defaults=_table(name, "defaults", entry.get("defaults", {})),
+        live=_live(name, entry.get("live", {})),
+    )
+
+
+def _table(name: str, key: str, table: Any) -> dict[str, Any]:
+    """A preset's map of param name -> value (values are checked against the op specs by the catalog)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"preset {name!r}: {key} must be a table of param = value")
+    return dict(table)
+
+
+def _live(name: str, table: Any) -> dict[str, Any]:
+    """The preset's `live` table: only the sampling params live painting changes."""
+    live = _table(name, "live", table)
+    unknown = sorted(set(live) - set(LIVE_KEYS))
+    if unknown:
+        raise ConfigError(f"preset {name!r}: live takes {list(LIVE_KEYS)}, not {unknown}")
+    return live
 
 
 def _loras(preset: Preset, table: Any) -> dict[str, str]:

@@ -33,6 +33,12 @@ def lora_client(underpaint_home: Path, tmp_path_factory: pytest.TempPathFactory)
         lines += [f'[presets.{name}]\nbuiltin = "tiny"\nfamily = "{fam}"\n', f"[presets.{name}.loras]"]
         lines += [f'style = "{path}"', f'missing = "{folder / "missing.safetensors"}"\n']
     other = build_lora(underpaint_home / "models", "sd15", folder / "other.safetensors", seed=11)
+    lines += [
+        '[presets.tiny-live]\nbuiltin = "tiny"\n[presets.tiny-live.loras]',
+        f'style = "{folder / "sd15-style.safetensors"}"',
+        "[presets.tiny-live.defaults]\nsteps = 3\n[presets.tiny-live.live]\nsteps = 2\nguidance_scale = 1.5",
+        'scheduler = "lcm"\nloras = [{ name = "style", weight = 0.5 }]\n',
+    ]
     lines += [f'[presets.tiny-lora2]\nbuiltin = "tiny"\n[presets.tiny-lora2.loras]\nstyle = "{other}"\n']
     config = folder / "presets.toml"
     config.write_text("\n".join(lines))
@@ -159,3 +165,71 @@ def test_config_reads_loras_and_refuses_them_where_no_model_takes_them(tmp_path:
     config.write_text('[presets.mine]\nbuiltin = "tiny"\nfamily = "ddpm"\n[presets.mine.loras]\nink = "x"\n')
     with pytest.raises(ConfigError, match="does not take LoRAs"):
         load_config(config)
+
+
+def test_a_presets_defaults_and_live_setting_reach_clients_and_jobs(lora_client: Client) -> None:
+    """`[presets.NAME.defaults]` change the op specs clients see and what a job gets; the `live` map
+    is listed (weights filled in) and, merged into a request as the editors do, runs as it says."""
+    entry = _entry(lora_client, "tiny-live")
+    assert entry["op_specs"]["txt2img"]["params"]["steps"]["default"] == 3
+    assert entry["op_specs"]["sdedit"]["params"]["steps"]["default"] == 3
+    live = entry["live"]
+    assert live == {
+        "steps": 2,
+        "guidance_scale": 1.5,
+        "scheduler": "lcm",
+        "loras": [{"name": "style", "weight": 0.5}],
+    }
+    assert _entry(lora_client, "tiny")["live"] == {"steps": 2, "guidance_scale": 1.0, "scheduler": "lcm"}
+    params = {k: v for k, v in T2I.items() if k != "steps"}
+    plain = lora_client.run("txt2img", params, model="tiny-live")
+    assert plain["params"]["steps"] == 3
+    quick = lora_client.run("txt2img", {**params, **live}, model="tiny-live")
+    assert {k: quick["params"][k] for k in live} == live
+    same = lora_client.run("txt2img", {**params, **live, "loras": []}, model="tiny-live")
+    assert not np.array_equal(pixels(quick["images"][0]), pixels(same["images"][0])), "the live LoRA is used"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("[presets.mine.live]\nsteps = 2\ndenoise = 1\n", "live takes"),
+        ("[presets.mine.live]\nsteps = 0\n", "live.steps"),
+        ('[presets.mine.live]\nloras = [{ name = "ink" }]\n', "ink"),
+        ("[presets.mine.defaults]\nguidance_scale = 99.0\n", "defaults.guidance_scale"),
+        ("[presets.mine.defaults]\nwobble = 1\n", "wobble"),
+    ],
+)
+def test_a_live_or_defaults_table_the_ops_refuse_is_a_clear_config_error(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    from underpaint.daemon.params import Limits
+    from underpaint.daemon.schedulers import SCHEDULER_NAMES
+    from underpaint.daemon.serving.catalog import Catalog
+
+    config = tmp_path / "presets.toml"
+    config.write_text('[presets.mine]\nbuiltin = "tiny"\n' + table)
+    with pytest.raises(ConfigError, match=message) as info:
+        Catalog(load_config(config), Limits(), SCHEDULER_NAMES)
+    assert "mine" in str(info.value)
+
+
+def test_builtin_live_settings_and_turbo_presets_fit_their_models() -> None:
+    """Every built-in preset's live setting is made of params its ops take; the turbo presets default
+    to their few steps without guidance, and SD 1.5 / SDXL paint live through their LCM-LoRAs."""
+    from underpaint.daemon.params import Limits
+    from underpaint.daemon.schedulers import SCHEDULER_NAMES
+    from underpaint.daemon.serving.catalog import Catalog
+
+    catalog = Catalog(load_config(), Limits(), SCHEDULER_NAMES)
+    for name, live in catalog.live.items():
+        taken = {p for spec in catalog.specs[name].values() for p in spec.params}
+        assert live and set(live) <= taken, name
+    for name in ("sd-turbo", "sdxl-turbo"):
+        for op in ("txt2img", "sdedit"):
+            params = catalog.specs[name][op].params
+            assert (params["steps"].default, params["guidance_scale"].default) == (2, 0.0), (name, op)
+    for name in ("sd15", "sdxl"):
+        assert catalog.live[name]["scheduler"] == "lcm"
+        assert catalog.live[name]["loras"] == [{"name": "lcm", "weight": 1.0}]
+        assert catalog.config.presets[name].loras["lcm"].startswith("latent-consistency/")

@@ -7,12 +7,18 @@ from typing import Any
 
 from .. import loras
 from ..config import Config, Preset
-from ..errors import ErrorCode, RequestError
+from ..errors import ConfigError, ErrorCode, RequestError
 from ..families import family
-from ..params import Limits, OpSpec, build_op_specs
+from ..params import LIST_CHECKS, Limits, OpSpec, build_op_specs
 
 #: Ops that are not something one preset does, but run others (offered whatever the presets are).
 META_OPS = ("compare",)
+
+#: The "live" sampler setting of a preset whose config has no `live` table: few steps, low guidance
+#: (rough on an undistilled model, but quick; a preset with an LCM-LoRA or a turbo model says better).
+LIVE_DEFAULT = {"steps": 8, "guidance_scale": 3.0}
+#: The tiny models' pictures are noise whatever the sampler: the fewest steps, through the LCM path.
+LIVE_TINY = {"steps": 2, "guidance_scale": 1.0, "scheduler": "lcm"}
 
 
 class Catalog:
@@ -22,7 +28,9 @@ class Catalog:
         self.specs: dict[str, dict[str, OpSpec]] = {}
         for preset in config.presets.values():
             fam = family(preset.family)
-            self.specs[preset.name] = {op: fam.op_spec(op, self.common[op], preset) for op in fam.ops(preset)}
+            specs = {op: fam.op_spec(op, self.common[op], preset) for op in fam.ops(preset)}
+            self.specs[preset.name] = _with_defaults(preset, specs)
+        self.live = {p.name: _live(p, self.specs[p.name]) for p in config.presets.values()}
         # Parameter names some preset takes for an op: sending one to a preset that does not take
         # it is refused (a silently ignored parameter would be a silent surprise).
         self._somewhere: dict[str, set[str]] = {op: set(spec.params) for op, spec in self.common.items()}
@@ -82,6 +90,56 @@ class Catalog:
             "op_specs": {op: spec.to_wire() for op, spec in specs.items()},
             "controlnets": sorted(preset.controlnets),
             "loras": [{"name": name, "source": source} for name, source in sorted(preset.loras.items())],
+            "live": self.live[preset.name],
             "loaded": loaded,
             **fam.describe(preset),
         }
+
+
+def _checked(preset: Preset, specs: dict[str, OpSpec], name: str, value: Any, what: str) -> bool:
+    """Whether some op of the preset takes `name`; a value that op's spec refuses is a config error."""
+    takers = [spec.params[name] for spec in specs.values() if name in spec.params]
+    for param in takers:
+        try:
+            check = LIST_CHECKS.get(param.type)
+            check(value, name) if check else param.check(value, name)
+        except RequestError as e:
+            raise ConfigError(f"preset {preset.name!r}: {what}.{name}: {e}") from None
+    return bool(takers)
+
+
+def _with_defaults(preset: Preset, specs: dict[str, OpSpec]) -> dict[str, OpSpec]:
+    """The preset's own defaults (`[presets.NAME.defaults]`, e.g. a turbo model's 1 step and no
+    guidance) in the spec of every op that takes them, so clients see and get them."""
+    unused = [n for n, v in preset.defaults.items() if not _checked(preset, specs, n, v, "defaults")]
+    if unused:
+        raise ConfigError(f"preset {preset.name!r}: defaults names params none of its ops take: {unused}")
+    return {
+        op: spec.changed(defaults={n: v for n, v in preset.defaults.items() if n in spec.params})
+        for op, spec in specs.items()
+    }
+
+
+def _live(preset: Preset, specs: dict[str, OpSpec]) -> dict[str, Any]:
+    """The params of the preset's "live" sampler setting (PROTOCOL.md 6.7 `live`): its config's `live`
+    table, checked, or the default for its kind, keeping what its ops take."""
+    if preset.live:
+        unused = [n for n, v in preset.live.items() if not _checked(preset, specs, n, v, "live")]
+        if unused:
+            raise ConfigError(f"preset {preset.name!r}: live names params none of its ops take: {unused}")
+        live = dict(preset.live)
+        if "loras" in live:
+            live["loras"] = LIST_CHECKS["loras"](live["loras"], "live.loras")
+            try:
+                loras.check_names(preset, live["loras"])
+            except RequestError as e:
+                raise ConfigError(f"preset {preset.name!r}: live.loras: {e}") from None
+        return live
+    out = {}
+    for name, value in (LIVE_TINY if preset.builtin == "tiny" else LIVE_DEFAULT).items():
+        try:
+            if _checked(preset, specs, name, value, "live"):
+                out[name] = value
+        except ConfigError:  # e.g. a family without the LCM sampler: its own sampler then
+            pass
+    return out
