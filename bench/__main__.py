@@ -99,10 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--reps", type=int, help="override the number of interleaved repetitions")
     p.add_argument(
-        "--models-dir",
+        "--build-dir",
+        dest="models_dir",
         type=Path,
         help="where the tiny/fullsize models are built (default: $UNDERPAINT_HOME/models or "
-        "~/.cache/underpaint/models, like the daemon)",
+        "~/.cache/underpaint/models, like the daemon's --build-dir)",
     )
     p.add_argument(
         "--sections", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated sections to run (default: all)"

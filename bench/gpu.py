@@ -34,7 +34,7 @@ def measure(report: Report, models_dir: Path, base_dir: Path | None, reps: int) 
     with ExitStack() as stack:
         daemon = stack.enter_context(
             running_daemon(
-                "--models-dir", str(models_dir), "--device", "cuda", "--dtype", "float16", preset="fullsize"
+                "--build-dir", str(models_dir), "--device", "cuda", "--dtype", "float16", preset="fullsize"
             )
         )
         client = stack.enter_context(client_for(daemon.endpoint))

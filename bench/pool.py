@@ -45,7 +45,7 @@ def _start(
 ) -> tuple[DaemonProcess, float]:
     t0 = time.perf_counter()
     daemon = stack.enter_context(
-        running_daemon("--models-dir", str(models_dir), "--threads", "1", *args, preset=PRESET, env=env)
+        running_daemon("--build-dir", str(models_dir), "--threads", "1", *args, preset=PRESET, env=env)
     )
     return daemon, time.perf_counter() - t0
 
@@ -274,7 +274,7 @@ def _start_all(
     def hold(i: int) -> None:
         try:
             with running_daemon(
-                "--models-dir", str(models_dir), "--threads", "1", *variants[i], preset=PRESET, env=env
+                "--build-dir", str(models_dir), "--threads", "1", *variants[i], preset=PRESET, env=env
             ) as daemon:
                 started[i] = daemon
                 ready[i].set()

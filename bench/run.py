@@ -22,7 +22,7 @@ OVERHEAD_TARGET = 1.03
 
 def _start(stack: ExitStack, preset: str, models_dir: Path, env: dict[str, str]) -> tuple[object, float]:
     t0 = time.perf_counter()
-    daemon = stack.enter_context(running_daemon("--models-dir", str(models_dir), preset=preset, env=env))
+    daemon = stack.enter_context(running_daemon("--build-dir", str(models_dir), preset=preset, env=env))
     return daemon, time.perf_counter() - t0
 
 

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compare_parser(sub, _request_args, _endpoint_arg)
     add_install_parser(sub)
+    from .commands.pull import add_parser as add_pull_parser
+
+    add_pull_parser(sub)
     return parser
 
 
@@ -157,7 +160,15 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument(
         "--models-dir",
         type=Path,
-        help="where the tiny models are built (default: $UNDERPAINT_HOME/models or "
+        metavar="DIR",
+        help="your model folder from another tool (A1111/Forge, ComfyUI, Fooocus, InvokeAI, or any folder "
+        "of .safetensors files): a preset per checkpoint, with the LoRAs and ControlNets that fit it; "
+        "replaces the config's [models_dir] path",
+    )
+    p.add_argument(
+        "--build-dir",
+        type=Path,
+        help="where the tiny test models are built (default: $UNDERPAINT_HOME/models or "
         "~/.cache/underpaint/models)",
     )
     p.add_argument(
@@ -373,7 +384,7 @@ def _pool(args: argparse.Namespace, config: Any) -> Any:
         args.device,
         args.dtype,
         int(args.memory_budget_gb * 1024**3),
-        args.models_dir,
+        args.build_dir,
         args.threads,
         args.test_step_delay,
         args.test_start_delay,
@@ -405,11 +416,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys = _serve_keys(args)  # before the heavy imports: a refused endpoint says so at once
     from .config import load_config
     from .device import pick_device, pick_dtype
+    from .errors import ConfigError
     from .params import Limits
     from .serving.models import ModelManager
     from .serving.server import Server
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config, args.models_dir)
+    except (ConfigError, OSError) as exc:
+        print(f"underpaint serve: {exc}", file=sys.stderr)
+        return 2
     if args.preset:
         if args.preset not in config.presets:
             print(
@@ -424,7 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     models = ModelManager(
-        config, device, pick_dtype(device, args.dtype), int(args.memory_budget_gb * 1024**3), args.models_dir
+        config, device, pick_dtype(device, args.dtype), int(args.memory_budget_gb * 1024**3), args.build_dir
     )
     limits = Limits(
         max_message_bytes=int(args.max_message_mb * 1024 * 1024),
@@ -642,7 +658,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"  {'':<18} ops: {', '.join(p['ops'])}")
         if p["controlnets"]:
             print(f"  {'':<18} controlnets: {', '.join(p['controlnets'])}")
+        if p.get("loras"):
+            print(f"  {'':<18} loras: {', '.join(lora['name'] for lora in p['loras'])}")
         print(f"  {'':<18} loaded: {loaded}")
+    if reply.get("unusable"):
+        print("files of the models dir that cannot be used:")
+        for item in reply["unusable"]:
+            print(f"  {item['path']}: {item['reason']}")
     if getattr(args, "about", False):
         seen: set[str] = set()
         for p in reply["presets"]:

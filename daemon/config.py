@@ -69,6 +69,7 @@ class Preset:
 class Config:
     default: str
     presets: dict[str, Preset]
+    unusable: tuple[dict[str, str], ...] = ()  # files of the models dir that are no preset: {path, reason}
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -90,20 +91,34 @@ def builtin_files() -> list[Path]:
     ]
 
 
-def load_config(user_file: Path | None = None) -> Config:
-    """Read presets (the user's file merged over the built-in ones) and check each against its family."""
+def load_config(user_file: Path | None = None, models_dir: Path | None = None) -> Config:
+    """Read presets (the user's file merged over the built-in ones) and check each against its family;
+    then add a preset per checkpoint of the painter's model folder (`models_dir`, else the file's
+    `[models_dir]`), which becomes the default unless the user's file names one."""
     raw: dict[str, Any] = {}
     for path in builtin_files():
         with path.open("rb") as f:
             raw = _merge(raw, tomllib.load(f))
+    user: dict[str, Any] = {}
     if user_file is not None:
         with Path(user_file).open("rb") as f:
-            raw = _merge(raw, tomllib.load(f))
+            user = tomllib.load(f)
+        raw = _merge(raw, user)
     presets = {name: _preset(name, entry) for name, entry in raw.get("presets", {}).items()}
     default = raw.get("default", next(iter(presets), ""))
+    unusable: tuple[dict[str, str], ...] = ()
+    from . import model_folders
+
+    folders = model_folders.settings(raw.get("models_dir"), models_dir)
+    if folders is not None:
+        found = model_folders.scan(folders, set(presets))
+        presets |= found.presets
+        unusable = tuple(found.unusable)
+        if found.presets and "default" not in user:
+            default = next(iter(found.presets))
     if default not in presets:
         raise ConfigError(f"config: default preset {default!r} is not defined")
-    return Config(default=default, presets=presets)
+    return Config(default=default, presets=presets, unusable=unusable)
 
 
 def _preset(name: str, entry: dict[str, Any]) -> Preset:

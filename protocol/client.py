@@ -449,16 +449,23 @@ class Client:
         job: str,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Wait for `job` to finish and return its `result`.
 
+        `on_progress` gets its `progress` events; `on_event` every other event before its end
+        (`loading` while a model loads, and types newer than this client, which it may ignore).
         Raises DaemonError if it failed (code `job_lost` if the daemon restarted meanwhile) and
         JobCancelled if it was cancelled.
         """
         for event in self.events(job, timeout):
             kind = event.get("type")
-            if kind == "progress" and on_progress is not None:
-                on_progress(event)
+            if kind == "progress":
+                if on_progress is not None:
+                    on_progress(event)
+            elif kind not in TERMINAL_EVENTS:
+                if on_event is not None:
+                    on_event(event)
             elif kind == "result":
                 return event
             elif kind == "cancelled":
@@ -478,11 +485,12 @@ class Client:
         lane: str | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
         timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Submit a job and wait for its result (see `submit` and `wait`; JobCancelled with `by` when
         a newer job of its `lane` replaced it)."""
         job = self.submit(op, params, images, model=model, preview=preview, lane=lane)
-        return self.wait(job, on_progress, timeout)
+        return self.wait(job, on_progress, timeout, on_event)
 
     def cancel(self, job: str, timeout: float | None = None) -> dict[str, Any]:
         """Ask the daemon to cancel `job` (or a queued load); its end follows (see `wait`)."""
@@ -518,6 +526,26 @@ _DIRECT_REPLIES = frozenset(
 )
 # Replies that carry `job` but are not events of it.
 _NOT_EVENTS = frozenset({"ack", "fetched", "loaded", "accepted"})
+
+
+def loading_text(event: dict[str, Any]) -> str:
+    """A `loading` event as one line for a painter: "Loading <what>… 12 s (340 MB of 2.0 GB)"."""
+    line = f"Loading {event.get('what') or 'a model'}\u2026 {float(event.get('elapsed_s') or 0):.0f} s"
+    done, total = event.get("bytes"), event.get("total_bytes")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        line += f" ({_size(done)} of {_size(total)})"
+    elif isinstance(done, int):
+        line += f" ({_size(done)} so far)"
+    elif isinstance(total, int) and total > 0:
+        line += f" ({_size(total)})"
+    return line
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _is_reply(message: dict[str, Any], rid: int) -> bool:

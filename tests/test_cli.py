@@ -23,7 +23,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "edit", "compare", "models", "status", "demo", "install-plugin", "keygen"]
+    "command", ["serve", "edit", "compare", "models", "status", "demo", "install-plugin", "keygen", "pull"]
 )
 def test_every_subcommand_explains_itself(command: str) -> None:
     top = run_cli("--help")

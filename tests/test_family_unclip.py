@@ -84,6 +84,8 @@ def test_cancel_stops_the_job_inside_the_decoder(client) -> None:
         model=MODEL,
     )
     for event in client.events(job, timeout=120):
+        if event["type"] == "loading":  # the preset's first load (when this test runs alone)
+            continue
         assert event["type"] == "progress", event
         if event["step"] >= 5:  # past the prior's 3 steps: in the decoder's loop
             break

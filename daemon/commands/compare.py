@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from ...protocol import DaemonError, JobCancelled, ProtocolMismatch
 from .connect import open_client
-from .edit import build_request
+from .edit import build_request, loading_shower
 from .pictures import paste_results, result_images
 
 CELL = 256  # longer side of each picture on the sheet
@@ -62,13 +62,15 @@ def run_compare(args: argparse.Namespace) -> int:
             print(f"underpaint compare: {exc}", file=sys.stderr)
             return 1
         bar = tqdm(total=0, desc=f"compare {len(models)} presets", unit="step")
+        on_loading = loading_shower(bar, f"compare {len(models)} presets")
 
         def on_progress(event: dict[str, Any]) -> None:
+            on_loading(None)
             bar.total, bar.n = event["total"], event["step"]
             bar.refresh()
 
         try:
-            result = client.wait(job, on_progress)
+            result = client.wait(job, on_progress, on_event=on_loading)
         except KeyboardInterrupt:
             client.cancel(job)
             try:

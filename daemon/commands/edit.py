@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...protocol import DaemonError, JobCancelled, ProtocolMismatch
+from ...protocol.client import loading_text
 from .connect import open_client
 from .pictures import image_object, paste_results, result_images
 
@@ -203,14 +204,16 @@ def run_edit(args: argparse.Namespace) -> int:
             print(f"underpaint edit: {exc}", file=sys.stderr)
             return 1
         bar = tqdm(total=0, desc=f"{args.op} {job}", unit="step", leave=True)
+        on_loading = loading_shower(bar, f"{args.op} {job}")
 
         def on_progress(event: dict[str, Any]) -> None:
+            on_loading(None)
             bar.total = event["total"]
             bar.n = event["step"]
             bar.refresh()
 
         try:
-            result = client.wait(job, on_progress)
+            result = client.wait(job, on_progress, on_event=on_loading)
         except KeyboardInterrupt:
             bar.write("cancelling...")
             client.cancel(job)
@@ -227,6 +230,28 @@ def run_edit(args: argparse.Namespace) -> int:
             return 1
         bar.close()
     return _write(args, result)
+
+
+def loading_shower(bar: Any, desc: str) -> Any:
+    """What a CLI does with a job's events besides progress: each model it starts to load gets a line
+    ("Loading ..."), and the bar says how long it has waited; `None` (the first step) restores the bar."""
+    shown: list[str] = []
+
+    def on_event(event: dict[str, Any] | None) -> None:
+        if event is None:
+            if shown:
+                shown.clear()
+                bar.set_description_str(desc)
+            return
+        if event.get("type") != "loading":
+            return  # newer event types: nothing to show
+        what = str(event.get("what") or "")
+        if not shown or shown[-1] != what:
+            shown.append(what)
+            bar.write(f"Loading {what}")
+        bar.set_description_str(loading_text(event))
+
+    return on_event
 
 
 def _write(args: argparse.Namespace, result: dict[str, Any]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -99,7 +100,11 @@ def load_model(
     if is_single_file(source):
         check_pickle(preset, source)
         if single_file_pipeline is None:
-            return cls.from_single_file(source, **single_file_kwargs(preset, dtype))
+            kwargs = single_file_kwargs(preset, dtype)
+            folder = Path(str(kwargs.get("config", "")))
+            if folder.is_dir() and not (folder / "config.json").is_file():
+                del kwargs["config"]  # a pipeline's configs describe no ControlNet: diffusers picks its own
+            return cls.from_single_file(source, **kwargs)
         if preset.single_file_config and (subfolder or "unet") == "unet":
             return _unet_from_single_file(cls, preset, source, dtype)
         pipe = single_file_pipeline.from_single_file(source, **single_file_kwargs(preset, dtype))

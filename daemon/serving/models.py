@@ -18,7 +18,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Callable, Iterator, Sequence, Set
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from .. import loras
 from ..config import FULLSIZE_PREFIX, TINY_PREFIX, Config, Preset, data_home
 from ..errors import ErrorCode, RequestError
 from ..families import family
+from .loading import LoadingSink, LoadWatch, byte_counter, describe
 
 log = logging.getLogger("underpaint.models")
 
@@ -110,6 +112,7 @@ class ModelManager:
         self.loads = 0  # components loaded so far (tests prove sharing with it)
         self._adapters: dict[tuple[Key, str], int] = {}  # (host component, LoRA name) -> bytes added
         self.lora_loads = 0  # adapters loaded into a component so far (tests prove warm reuse with it)
+        self._loading: LoadingSink | None = None  # the running job's `loading` events (see reporting)
 
     # -- lookup ------------------------------------------------------------------------------
     def preset(self, name: str | None) -> Preset:
@@ -155,6 +158,26 @@ class ModelManager:
         with self._lock:
             return sum(c.nbytes for c in self._components.values()) + sum(self._adapters.values())
 
+    @contextmanager
+    def reporting(self, sink: LoadingSink) -> Iterator[None]:
+        """Within the block, every load this manager starts (a component or a LoRA) reports to `sink`
+        while it runs (serving/loading.py). Loads run on one worker thread, one job at a time."""
+        self._loading = sink
+        try:
+            yield
+        finally:
+            self._loading = None
+
+    def _watch(self, preset: Preset, role: str, source: str) -> Any:
+        """A LoadWatch for one load when a job listens, else nothing."""
+        if self._loading is None:
+            return nullcontext()
+        local = self._builtin_folder(source)
+        built = local is None or local.is_dir()
+        return LoadWatch(
+            self._loading, describe(preset.name, role, source, built), byte_counter(source, local)
+        )
+
     # -- pipelines for ops ---------------------------------------------------------------------
     def view(
         self, preset: Preset, kind: str, extras: Sequence[str] = (), lora_list: Sequence[dict] = ()
@@ -189,9 +212,12 @@ class ModelManager:
         object) that lack it."""
         source = self._lora_source(preset, name)
         for role, component in parts.items():
+            modules = loras.hosts(component)
+            missing = any(adapter not in getattr(m, loras.LOADED_MARK, set()) for m in modules.values())
+            watch = self._watch(preset, f"{role} LoRA {name!r}", source) if missing else nullcontext()
             try:
-                with CONSTRUCTION:
-                    added = loras.load_into(adapter, source, loras.hosts(component))
+                with watch, CONSTRUCTION:
+                    added = loras.load_into(adapter, source, modules)
             except Exception as exc:  # missing file, not a LoRA, layers that do not fit the model...
                 raise RequestError(
                     ErrorCode.MODEL_UNAVAILABLE,
@@ -224,9 +250,10 @@ class ModelManager:
                 comp.last_used = time.monotonic()
                 self._components.move_to_end(key)
                 return comp.obj
-        self._make_room(key, self._expected_bytes(key, preset, role), keep | {key})
-        t0 = time.perf_counter()
-        obj = self._load(preset, role)
+        t0 = time.perf_counter()  # building or downloading its files counts as loading it
+        with self._watch(preset, role, role_source(preset, role)):
+            self._make_room(key, self._expected_bytes(key, preset, role), keep | {key})
+            obj = self._load(preset, role)
         seconds = time.perf_counter() - t0
         self.load_seconds += seconds
         self.loads += 1
@@ -318,6 +345,19 @@ class ModelManager:
             built = _built(root, lambda: ensure_fullsize_models(self.tiny_root))
             return str(built / source[len(FULLSIZE_PREFIX) :])
         return source
+
+    def _builtin_folder(self, source: str) -> Path | None:
+        """Where a generated (tiny, full-size) source lives once built; None for other sources."""
+        if source.startswith(TINY_PREFIX):
+            from ..builders.tiny import TINY_VERSION
+
+            fam, _, folder = source[len(TINY_PREFIX) :].partition("/")
+            return self.tiny_root / f"tiny-v{TINY_VERSION}" / fam / folder
+        if source.startswith(FULLSIZE_PREFIX):
+            from ..builders.fullsize import FULLSIZE_VERSION
+
+            return self.tiny_root / f"fullsize-v{FULLSIZE_VERSION}" / source[len(FULLSIZE_PREFIX) :]
+        return None
 
     def _load(self, preset: Preset, role: str) -> Any:
         source = self._source(preset, role)

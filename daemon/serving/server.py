@@ -389,6 +389,7 @@ class Server:
             "pool": self.pool.kind,
             "default_model": self.models.config.default,
             "models": self._describe_presets(),
+            "unusable": self._unusable(),
             "ops": {name: spec.to_wire() for name, spec in self.catalog.common.items()},
             "preprocessors": preprocessors.describe(),
             "schedulers": SCHEDULER_NAMES,
@@ -714,8 +715,13 @@ class Server:
             "type": "models",
             "default": self.models.config.default,
             "presets": self._describe_presets(),
+            "unusable": self._unusable(),
             "memory": self.dispatcher.memory(),
         }
+
+    def _unusable(self) -> list[dict[str, str]]:
+        """Files of the painter's models dir that made no preset, with the reason (PROTOCOL.md 6.7)."""
+        return [dict(item) for item in self.models.config.unusable]
 
     def _describe_presets(self) -> list[dict[str, Any]]:
         return [

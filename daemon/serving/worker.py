@@ -98,9 +98,13 @@ class Executor:
             if self.step_delay:
                 time.sleep(self.step_delay)  # TESTING ONLY: a step longer than any internal timeout
 
+        def loading(fields: dict[str, Any]) -> None:
+            emit(job.envelope("loading", **fields))
+
         load_before = self.models.load_seconds
         try:
-            patches, extra = self._run_with_retry(job, sink)
+            with self.models.reporting(loading):
+                patches, extra = self._run_with_retry(job, sink)
             if job.cancel_requested.is_set():
                 raise JobCancelled()
         except JobCancelled:

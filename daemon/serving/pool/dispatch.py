@@ -194,7 +194,8 @@ class Dispatcher:
         job = self.running.get(job_id)
         if kind == "event":
             if job is not None:
-                job.step, job.total = int(message.get("step", 0)), int(message.get("total", 0))
+                if message.get("type") == "progress":  # `loading` events carry no step
+                    job.step, job.total = int(message.get("step", 0)), int(message.get("total", 0))
                 self.deliver(job, message, kind)
             return
         if slot.job is not None and slot.job.id == job_id:
