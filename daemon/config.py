@@ -103,6 +103,7 @@ def load_config(user_file: Path | None = None, models_dir: Path | None = None) -
     if user_file is not None:
         with Path(user_file).open("rb") as f:
             user = tomllib.load(f)
+        _anchor(user.get("presets", {}), Path(user_file).resolve().parent)
         raw = _merge(raw, user)
     presets = {name: _preset(name, entry) for name, entry in raw.get("presets", {}).items()}
     default = raw.get("default", next(iter(presets), ""))
@@ -119,6 +120,28 @@ def load_config(user_file: Path | None = None, models_dir: Path | None = None) -
     if default not in presets:
         raise ConfigError(f"config: default preset {default!r} is not defined")
     return Config(default=default, presets=presets, unusable=unusable)
+
+
+def _anchor(presets: Any, folder: Path) -> None:
+    """Relative file and folder paths of the user's presets (weights, configs, ControlNets, LoRAs)
+    are read from the config file's folder, as a painter writing `loras/ink.safetensors` beside the
+    file means, whatever folder the daemon was started from. Hub ids and paths that do not exist there
+    stay as written."""
+
+    def anchored(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("@"):
+            return value
+        path = folder / value
+        return str(path) if path.exists() else value
+
+    for entry in presets.values() if isinstance(presets, dict) else ():
+        if not isinstance(entry, dict):
+            continue
+        for key, value in entry.items():
+            if isinstance(value, dict) and key in ("controlnets", "loras"):
+                entry[key] = {name: anchored(v) for name, v in value.items()}
+            elif key not in SETTINGS or key == "config":
+                entry[key] = anchored(value)
 
 
 def _preset(name: str, entry: dict[str, Any]) -> Preset:

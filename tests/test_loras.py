@@ -233,3 +233,24 @@ def test_builtin_live_settings_and_turbo_presets_fit_their_models() -> None:
         assert catalog.live[name]["scheduler"] == "lcm"
         assert catalog.live[name]["loras"] == [{"name": "lcm", "weight": 1.0}]
         assert catalog.config.presets[name].loras["lcm"].startswith("latent-consistency/")
+
+
+def test_relative_paths_in_a_users_config_are_read_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`loras/ink.safetensors` written beside the config file means that file, whatever folder the
+    daemon starts in; hub ids and paths that do not exist there stay as written."""
+    (tmp_path / "loras").mkdir()
+    (tmp_path / "loras" / "ink.safetensors").write_bytes(b"")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mine.safetensors").write_bytes(b"")
+    config = tmp_path / "presets.toml"
+    config.write_text(
+        '[presets.mine]\nfamily = "sd15"\nbase = "models/mine.safetensors"\nconfig = "org/sd15-configs"\n'
+        '[presets.mine.loras]\nink = "loras/ink.safetensors"\nhub = "org/lora"\n'
+    )
+    monkeypatch.chdir(tmp_path.parent)
+    preset = load_config(config).presets["mine"]
+    assert preset.loras == {"ink": str(tmp_path / "loras" / "ink.safetensors"), "hub": "org/lora"}
+    assert preset.sources["base"] == str(tmp_path / "models" / "mine.safetensors")
+    assert preset.single_file_config == "org/sd15-configs"
