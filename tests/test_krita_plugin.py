@@ -1839,6 +1839,7 @@ def test_krita_settings_persist(krita_home: Path, daemon: Any, tmp_path: Path) -
     assert values["mode"] == "refine" and values["model"] == "tiny-sdxl" and values["scheduler"]
     assert values["seed"] == 4242 and values["extras"] == {"refine": 0.3} and wrote["advanced_open"]
     assert values["units"][1]["enabled"] and values["units"][1]["invert"] and values["source"] == "layer"
+    assert values["speed"] == "live" and values["live_delay"] == 650  # issue 10: Speed and Live delay
     assert res["model_setting"] == "tiny-sdxl" and res["state_before"] != "CONNECTED"
     assert res["before_welcome"]["values"]["model"] == ""  # the picker lists no model before a welcome
     for when in ("before_welcome", "after_welcome"):  # texts, numbers and the mode need no daemon
@@ -1858,3 +1859,167 @@ def test_krita_settings_persist(krita_home: Path, daemon: Any, tmp_path: Path) -
     }
     assert after["ticked"] == ["tiny", "tiny-sdxl"] and after["extras"] == {"refine": 0.3}
     assert after["seed_text"] == "4242" and not after["random"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Live mode, LoRA rows and the live sampler setting (GitHub issue #10)
+# ---------------------------------------------------------------------------------------------------
+LIVE_STEPS = 120  # quality steps of the painting phase: a job (72 steps at strength 0.6) outlasts a stroke
+
+
+@pytest.fixture(scope="module")
+def lora_daemon(underpaint_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A daemon whose config adds `tiny-lora`: the tiny SD 1.5 model with one seeded LoRA file."""
+    from lora_files import build_lora
+
+    from underpaint.daemon.commands.launch import running_daemon
+
+    folder = tmp_path_factory.mktemp("krita-loras")
+    lora = build_lora(underpaint_home / "models", "sd15", folder / "style.safetensors")
+    config = folder / "presets.toml"
+    config.write_text(f'[presets.tiny-lora]\nbuiltin = "tiny"\n[presets.tiny-lora.loras]\nstyle = "{lora}"\n')
+    with running_daemon("--config", str(config), preset="tiny") as proc:
+        yield proc
+
+
+def test_krita_live_mode_loras_and_live_sampler(
+    krita_home: Path, lora_daemon: Any, inputs: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 10 in real Krita: Live on/off leaves every other layer as it was; painting while live
+    supersedes older jobs and ends on the result for the final canvas (re-run here through the Python
+    client); Keep adds a recorded result layer; LoRA rows change pixels by weight (0 = none) and come
+    back from a history click; the Speed setting "Live" sends the preset's live sampler setting."""
+    from underpaint.protocol import Client
+
+    out = tmp_path / "live"
+    config = {
+        "endpoint": lora_daemon.endpoint,
+        "picture": str(PICTURE),
+        "kra": str(out / "live.kra"),
+        "model": "tiny-lora",
+        "lora": "style",
+        "steps": LIVE_STEPS,
+        "dead_endpoint": f"tcp://127.0.0.1:{_free_port()}",
+    }
+    res = run_krita(krita_home, "scenario_live.py", out, config, daemon=lora_daemon)["results"]
+    assert res.get("dialogs") is None, res.get("dialogs")
+    assert res["lora_rows"] == ["style"] and res["lora_panel_shown"], res
+    with Client(lora_daemon.endpoint, timeout=120) as client:
+        preset = next(p for p in client.models()["presets"] if p["name"] == "tiny-lora")
+        live_map = preset.get("live") or {"steps": 4, "guidance_scale": 2.0}
+
+        # 1. On and off: the live layer on top, a result in it, the live sampler sent; off: all as before.
+        one = res["phase1"]
+        assert res["live_checked"] and one["top"] == "Underpaint live" and one["live_layers"] == 1, one
+        assert one["active"] == "Paint" and one["keep_enabled"], one
+        # A fresh daemon loads the model for the first job: the docker said so (PROTOCOL.md 6.10).
+        assert one["stats"]["loading"] >= 1 and one["loading_said"].startswith("Live: loading "), one
+        assert one["stats"]["placed"] >= 1 and one["stats"]["lane"].startswith("live:"), one
+        spec = preset["op_specs"]["sdedit"]["params"]
+        for name, value in live_map.items():
+            if name in spec and name != "loras":
+                assert one["sent"][name] == value, (name, one["sent"])
+        assert not one["off_checked"] and one["off_live_layers"] == 0 and not one["keep_after_off"], one
+        assert one["unchanged"] and one["order_unchanged"], "Live on/off changed another layer"
+        layout = res["layout"]
+        _layout_ok({"live": layout}, out)
+        assert layout["live_shown"] and layout["lora_row"] and layout["live_text"] == "Live: on", layout
+
+        # 2. Painting while live: superseded jobs, one fixed seed, the final canvas's result.
+        two = res["phase2"]
+        stats = two["stats"]
+        assert stats["superseded"] >= 1 and stats["sent"] >= 3, stats
+        assert len(two["seeds"]) == 1 and two["live_layers"] == 1 and two["top"] == "Underpaint live", two
+        assert two["errors"] == [] and two["keep_enabled"], two
+        assert res["input_is_final_canvas"], "the last live job did not read the final canvas"
+        params = json.loads((out / "live-params.json").read_text())
+        model = params.pop("model")
+        assert params["seed"] == two["seeds"][0] and params["steps"] == LIVE_STEPS, params
+        width, height = Image.open(PICTURE).size
+        sent = {"format": "raw", "width": width, "height": height, "channels": 4}
+        sent["data"] = (out / "live-input.raw").read_bytes()
+        again = client.run("sdedit", params, {"image": sent}, model=model)["images"][0]
+        x, y, w, h = two["rect"]
+        assert (again.get("x", 0), again.get("y", 0), again["width"], again["height"]) == (x, y, w, h)
+        expected_rgba = np.frombuffer(bytes(again["data"]), np.uint8).reshape(h, w, 4)
+        shown = np.frombuffer((out / "live-layer.raw").read_bytes(), np.uint8).reshape(h, w, 4)
+        assert np.array_equal(shown[..., [2, 1, 0, 3]], expected_rgba), "the live layer is not the final job"
+        assert two["off_live_layers"] == 0 and two["unchanged"], "Live off changed another layer"
+        # Undo History: the live layer comes as one step however often its pixels change, Keep is one
+        # step, Live off one.
+        steps = {"live": ["Add Layer"], "keep": ["Add Layer"], "off": ["Remove Layer"]}
+        assert res["undo"] == steps, res["undo"]
+        assert res["kept_equal"] and "Kept the live result" in res["kept_message"], res["kept_message"]
+
+        # 3. LoRAs by weight; the live sampler on Generate; a history click restores the LoRA.
+        loras = res["loras"]
+        assert all(run["state"] == "done" for run in loras["runs"].values()), loras
+        assert loras["zero_equals_none"] and loras["one_differs"], loras
+        assert res["restored"]["clicked"] == 5 and res["restored"]["loras"] == [
+            {"name": "style", "weight": 1.0}
+        ]
+        assert res["live_sampler"]["state"] == "done", res["live_sampler"]
+
+    doc = kra.read_kra(Path(config["kra"]))
+    with pytest.raises(KeyError):
+        doc.find("Underpaint live")  # Live off took it out before the save
+    records = json.loads(doc.annotations["underpaint"])["layers"]
+    kept = [r for r in records.values() if r.get("live")]
+    assert len(kept) == 1 and kept[0]["op"] == "sdedit" and kept[0]["seed"] == two["seeds"][0], kept
+    assert kept[0]["params"]["steps"] == LIVE_STEPS and kept[0]["form"]["mode"] == "refine"
+    assert kept[0]["form"]["seed"] == two["seeds"][0]  # a history click makes that picture again
+    runs = res["loras"]["runs"]
+    assert records[runs["one"]["uuid"]]["params"]["loras"] == [{"name": "style", "weight": 1.0}]
+    assert records[runs["zero"]["uuid"]]["params"]["loras"] == [{"name": "style", "weight": 0.0}]
+    assert not records[runs["none"]["uuid"]]["params"].get("loras")
+    switched, closed = res["switched"], res["closed"]
+    assert not switched["checked"] and switched["old_live_layers"] == 0, switched
+    assert "another document is shown" in switched["message"], switched
+    assert not closed["checked"] and "Live is off" in closed["message"], closed
+    control = res["controlnet"]
+    assert control["mode"] == "controlnet" and control["sent_for_sketch"] == 1, control
+    assert control["units"][0]["model"] == "scribble" and "control0" in control["images"], control
+    lost = res["lost"]
+    assert lost["sent_while_lost"] == 0 and lost["still_on"] and "Internal error" not in lost["message"], lost
+    assert lost["placed_after"] >= 1 and lost["live_layers_after_off"] == 0, lost
+    fast = records[res["live_sampler"]["uuid"]]["params"]
+    for name in ("steps", "guidance_scale", "scheduler"):
+        if name in live_map:
+            assert fast[name] == live_map[name], (name, fast, live_map)
+
+
+def test_lora_and_live_sampler_params(plugin: Any) -> None:
+    """What the LoRA rows and the Speed setting send: only keys the op spec lists; the live setting's
+    LoRAs join the painter's (the painter's weight wins for a name in both); stored forms read back."""
+    modes, jobs = sub(plugin, "modes"), sub(plugin, "jobs")
+    spec = {"params": {n: {} for n in ("prompt", "steps", "guidance_scale", "seed", "strength", "loras")}}
+    form = modes.FormValues(mode="refine", prompt="p", seed=4, loras=[{"name": "style", "weight": 0.5}])
+    assert modes.build_params(form, spec=spec)["loras"] == [{"name": "style", "weight": 0.5}]
+    live = {"steps": 2, "guidance_scale": 1.0, "scheduler": "lcm", "loras": [{"name": "lcm", "weight": 1.0}]}
+    fast = modes.build_params(form, spec=spec, live=live)
+    assert fast["steps"] == 2 and fast["guidance_scale"] == 1.0 and "scheduler" not in fast  # not in spec
+    assert fast["loras"] == [{"name": "style", "weight": 0.5}, {"name": "lcm", "weight": 1.0}]
+    both = modes.build_params(
+        modes.FormValues(mode="refine", loras=[{"name": "lcm", "weight": 0.3}]), spec=spec, live=live
+    )
+    assert both["loras"] == [{"name": "lcm", "weight": 0.3}]
+    no_loras = {"params": {"prompt": {}, "steps": {}}}
+    assert "loras" not in modes.build_params(form, spec=no_loras, live=live)
+    assert "loras" not in modes.build_params(modes.FormValues(mode="refine"), spec=spec)
+    assert modes.live_setting({}) == {"steps": 4, "guidance_scale": 2.0}  # a daemon without `live`
+    assert modes.live_setting({"live": {"steps": 1}}) == {"steps": 1}
+    stored = modes.form_values({"loras": [{"name": "a", "weight": 9}, {"weight": 1}, "x"], "speed": "warp"})
+    assert stored.loras == [{"name": "a", "weight": 2.0}] and stored.speed == "auto"
+    job = jobs.Job(rid=1, op="sdedit", job_id="j1", state=jobs.JobState.RUNNING)
+    assert job.handle({"type": "cancelled", "job": "j1", "reason": "superseded", "by": "j2"}) == "cancelled"
+    assert job.reason == "superseded" and job.state is jobs.JobState.CANCELLED
+    waiting = jobs.Job(rid=2, op="sdedit", job_id="j3", state=jobs.JobState.QUEUED)
+    event = {"type": "loading", "job": "j3", "what": "unet of sd15", "elapsed_s": 12.4}
+    event["total_bytes"] = 3_400_000_000
+    assert waiting.handle(event) == "loading" and waiting.state is jobs.JobState.QUEUED
+    assert jobs.loading_text(waiting.loading) == "loading unet of sd15\u2026 12 s (3.4 GB)"
+    downloading = {"what": "x", "elapsed_s": 2, "bytes": 5_000_000}
+    assert jobs.loading_text(downloading) == "loading x\u2026 2 s (5.0 MB so far)"
+    started = {"type": "progress", "job": "j3", "step": 1, "total": 4}
+    assert waiting.handle(started) == "progress" and waiting.loading is None
+    assert waiting.handle({"type": "teleport", "job": "j3"}) is None  # unknown events are ignored

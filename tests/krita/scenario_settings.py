@@ -74,6 +74,8 @@ def scenario(ctx: Any):
         factor=2,
     )
     form.feather_spin.setValue(4)
+    set_combo(form.speed_combo, "live")
+    form.live_delay_spin.setValue(650)
     set_combo(form.scheduler_combo, other_choice(form.scheduler_combo))
     form.extras.widgets["refine"].setValue(0.3)
     form.mix_panel.prompt_spin.setValue(1.5)

@@ -174,12 +174,16 @@ class Connection:
         model: str | None = None,
         preview: bool = True,
         context: Any = None,
+        lane: str | None = None,
     ) -> Job:
+        """Send a submit; `lane` (PROTOCOL.md 9.6): this job supersedes the older one of that lane."""
         if self.state is not ConnState.CONNECTED or self._client is None:
             raise NotConnected(self.message or "not connected to the Underpaint daemon")
         fields: dict[str, Any] = {"op": op, "params": params, "images": images, "preview": bool(preview)}
         if model:
             fields["model"] = model
+        if lane:
+            fields["lane"] = lane
         try:
             rid = self._client.send("submit", **fields)
         except TimeoutError as exc:  # no link right now (the daemon went away a moment ago)

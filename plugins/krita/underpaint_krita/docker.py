@@ -41,9 +41,10 @@ from .connection import DEFAULT_ENDPOINT, Connection, ConnState, NotConnected
 from .daemon_settings import DaemonSettings
 from .document import InputError, capture, document_problem
 from .form import Form
-from .jobs import Job, JobState
+from .jobs import Job, JobState, loading_text
 from .layers import layers_of
-from .modes import FormValues, build_params, validate
+from .live import LiveContext, LiveSession
+from .modes import MODES_BY_KEY, FormValues, build_params, live_setting, validate
 from .parking import Parking, file_name
 from .pending import FILE_NAME, PendingStore
 from .placing import JobContext, clean_up, document_name, history_entry, place_result, show_preview
@@ -54,11 +55,17 @@ from .strip import HistoryStrip
 from .widgets import ElidedLabel
 
 SETTINGS_GROUP = "underpaint"
+MODES_REFINE = MODES_BY_KEY["refine"]
 TICK_MS = 40
 CHECK_INTERVAL = 0.25  # s between checks of what Generate needs (selection, document, form)
 SAVE_INTERVAL = 1.0  # s between checks whether the form's settings changed (then they are saved)
 LAYER_SYNC_INTERVAL = 0.4  # s between reads of the Layers docker's selection (Mix)
 GENERATE_TIP = "run the mode on the selection (or canvas): results come as new layers"
+LIVE_TIP = (
+    "Live: while on, every change of the canvas in the selection (or the whole canvas) re-paints it "
+    "(Refine, or ControlNet from its layers) into one 'Underpaint live' layer at the top; off removes it"
+)
+KEEP_TIP = "copy the live result into the Underpaint group as a normal result layer (with its settings)"
 TEXT_FIELDS = ("params.prompt", "params.negative_prompt", "params.instruction")
 ERROR_STYLE, HINT_STYLE = "color: #e57373", "color: #d9a441"
 
@@ -77,6 +84,7 @@ class UnderpaintDocker(DockWidget):
         self.blocker: str | None = None  # why Generate is off (None: it is on)
         self._last_target: Any = None  # where the last job wrote (its painter's layer is given back)
         self._handling = 0  # > 0 while a job event is being handled
+        self.live: LiveSession | None = None  # Live mode, for one document
         endpoint = _setting("endpoint", DEFAULT_ENDPOINT) or DEFAULT_ENDPOINT
         key_paths = (_setting("server_key", ""), _setting("client_key", ""))
         self.store = PendingStore(store_path())
@@ -140,6 +148,19 @@ class UnderpaintDocker(DockWidget):
         buttons.addWidget(self.generate_button)
         buttons.addWidget(self.cancel_button)
         footer.addLayout(buttons)
+        live_row = QHBoxLayout()
+        self.live_button = QPushButton("Live")
+        self.live_button.setObjectName("underpaint_live")
+        self.live_button.setCheckable(True)
+        self.live_button.setToolTip(LIVE_TIP)
+        self.live_button.toggled.connect(self.set_live)
+        self.keep_button = QPushButton("Keep")
+        self.keep_button.setObjectName("underpaint_keep")
+        self.keep_button.setToolTip(KEEP_TIP)
+        self.keep_button.clicked.connect(self.keep_live)
+        live_row.addWidget(self.live_button)
+        live_row.addWidget(self.keep_button)
+        footer.addLayout(live_row)
         status_row = QHBoxLayout()
         self.status_dot = QLabel()
         self.status_dot.setToolTip("the connection: green connected, yellow connecting, red not connected")
@@ -206,6 +227,8 @@ class UnderpaintDocker(DockWidget):
         return doc if doc is not None else Krita.instance().activeDocument()
 
     def canvasChanged(self, canvas: Any) -> None:  # noqa: N802 (Krita's name)
+        if self.live is not None and not self.live.doc == self.document():
+            self.live_ended(self.live, "another document is shown", remove=True)
         for unit in self.form.units:
             unit.layer_combo.refresh()
         self.form.depth_combo.refresh()
@@ -283,7 +306,8 @@ class UnderpaintDocker(DockWidget):
         except InputError as exc:
             self._show(str(exc), error=True, until=self._changed())
             return
-        params = build_params(form, size=captured.size, spec=self.form.spec())
+        live = live_setting(self.form.preset()) if form.speed == "live" and form.mode != "compare" else None
+        params = build_params(form, size=captured.size, spec=self.form.spec(), live=live)
         anchor = doc.activeNode()
         context = JobContext(
             doc=doc,
@@ -315,6 +339,70 @@ class UnderpaintDocker(DockWidget):
         what = "region" if not mode.sends_image else "sent"
         self._show(f"{label}: {what} {r.width}x{r.height} px at ({r.x}, {r.y}); waiting for the daemon...")
         self._refresh_state()
+
+    # -- Live mode ---------------------------------------------------------------------------------------
+    def set_live(self, on: bool) -> None:
+        """The Live button: start polling the shown document, or stop and remove the live layer."""
+        if not on:
+            if self.live is not None:
+                live, self.live = self.live, None
+                live.stop()
+                self._show("Live is off: the live layer was removed.")
+            self._refresh_state()
+            return
+        problem = self.live_problem()
+        if problem:
+            self._set_live_button(False)
+            self._show(f"Live: {problem}", error=True, until=self._changed())
+            return
+        if self.form.mode().key not in ("refine", "controlnet"):
+            index = self.form.mode_combo.findData("refine")
+            self.form.mode_combo.setCurrentIndex(index)
+        self.live = LiveSession(self, self.document())
+        mode = "ControlNet" if self.form.mode().key == "controlnet" else "Refine"
+        self._show(f"Live is on ({mode}, seed {self.live.seed}): paint, and the live layer follows.")
+        self._refresh_state()
+
+    def live_problem(self) -> str | None:
+        """Why Live cannot start now (None: it can)."""
+        if self.connection.state is not ConnState.CONNECTED:
+            return self.connection.describe()
+        doc = self.document()
+        welcome, preset = self.connection.welcome, self.form.preset()
+        mode = self.form.mode() if self.form.mode().key == "controlnet" else MODES_REFINE
+        return document_problem(doc) or presets.mode_problem(welcome, preset, mode)
+
+    def _set_live_button(self, on: bool) -> None:
+        self.live_button.blockSignals(True)
+        self.live_button.setChecked(on)
+        self.live_button.blockSignals(False)
+
+    def live_ended(self, session: LiveSession, why: str, remove: bool = False) -> None:
+        """Live stops by itself: its document was closed (nothing to remove) or another is shown."""
+        session.stop(remove=remove)
+        if session is self.live:
+            self.live = None
+            self._set_live_button(False)
+            self._show(f"Live is off: {why}.")
+        self._refresh_state()
+
+    def live_message(self, text: str, error: bool = False) -> None:
+        self._show(text, error=error, until=self._changed() if error else None)
+
+    def live_changed(self) -> None:
+        self._refresh_state()
+
+    def keep_live(self) -> None:
+        if self.live is None:
+            return
+        try:
+            text = self.live.keep()
+        except Exception as exc:  # a Krita API surprise: say so, Live goes on
+            traceback.print_exc()
+            self._show(f"Keep failed: {type(exc).__name__}: {exc}", error=True)
+            return
+        self._show(text)
+        self._refresh_history()
 
     def reword(self) -> None:
         """Reword the result layer picked in the Layers docker (reword.py); placed like any result."""
@@ -502,6 +590,14 @@ class UnderpaintDocker(DockWidget):
         self.generate_button.setEnabled(self.blocker is None)
         self.generate_button.setToolTip(GENERATE_TIP if self.blocker is None else f"Off: {self.blocker}")
         self.cancel_button.setEnabled(busy and not (self.job is not None and self.job.cancel_requested))
+        live_on = self.live is not None
+        self.live_button.setText("Live: on" if live_on else "Live")
+        live_off = None if live_on else self.live_problem()
+        self.live_button.setEnabled(live_off is None)
+        self.live_button.setToolTip(LIVE_TIP if live_off is None else f"Off: {live_off}\n\n{LIVE_TIP}")
+        self.keep_button.setEnabled(live_on and self.live.shown is not None)
+        off = "" if self.keep_button.isEnabled() else "Off: no live result yet. "
+        self.keep_button.setToolTip(off + KEEP_TIP)
         self.progress_bar.setVisible(busy)  # room for the form while idle
         doc = self.document()
         self.reword_panel.follow(doc, self.connection.welcome, self._reword_off(doc))
@@ -543,6 +639,8 @@ class UnderpaintDocker(DockWidget):
             return f"{label}: the daemon is out of reach; the job goes on there and resumes when it is back."
         if job.state is JobState.SUBMITTING:
             return self._message[0] if not job.cancel_requested else f"{label}: cancelling..."
+        if job.loading is not None and job.state in (JobState.SUBMITTING, JobState.QUEUED):
+            return f"{label}: {loading_text(job.loading)}"
         if job.state is JobState.QUEUED:
             return f"{label}: queued (position {job.position})."
         if job.state is JobState.CANCELLING:
@@ -567,6 +665,15 @@ class UnderpaintDocker(DockWidget):
         # Krita's API may run the event loop while the result goes in (waitForDone): the docker is busy
         # until the job's end is fully handled, so nothing sees a finished job half-placed. (A parked
         # job's events do not make it busy: it is not the job the painter is waiting for.)
+        if isinstance(job.context, LiveContext):
+            try:
+                if self.live is not None and job.context.doc == self.live.doc:
+                    self.live.event(job, kind, message)
+            except Exception as exc:  # a Krita API surprise: say so, Live goes on
+                traceback.print_exc()
+                self._show(f"Live: could not update the document: {type(exc).__name__}: {exc}", error=True)
+            self._refresh_state()
+            return
         current = job is self.job
         self._handling += current
         try:
@@ -606,6 +713,8 @@ class UnderpaintDocker(DockWidget):
         context: JobContext = job.context
         if job is self.job and context.doc is not None:
             self._follow_document(job)  # closed since the last check: a closed document is never touched
+        if kind == "loading" and job is self.job:
+            self.progress_bar.setFormat(loading_text(job.loading or {}))
         if kind == "progress" and job is self.job:
             context.progress.update(job.step, job.total)
             self.progress_bar.setValue(context.progress.percent)

@@ -29,6 +29,7 @@ from PyQt5.QtWidgets import (
 )
 
 from . import form_state, presets
+from .loras_panel import LoraPanel
 from .modes import (
     CONTROL,
     DEPTH,
@@ -37,6 +38,7 @@ from .modes import (
     GUIDANCE,
     IMAGE_GUIDANCE,
     INSTRUCTION,
+    LORAS,
     MIX,
     MODES,
     MODES_BY_KEY,
@@ -48,6 +50,7 @@ from .modes import (
     SCHEDULER,
     SEED,
     SOURCE,
+    SPEEDS,
     STEPS,
     STRENGTH,
     VARIATIONS,
@@ -210,6 +213,9 @@ class Form:
 
         self.extras = ExtraParams()
         layout.addWidget(self.extras)
+        self.lora_panel = LoraPanel()
+        self._rows[LORAS] = [self.lora_panel]
+        layout.addWidget(self.lora_panel)
 
         self.units_box = QGroupBox("ControlNet units")
         self.units_box.setToolTip("layers that guide the picture, each through one ControlNet")
@@ -267,6 +273,25 @@ class Form:
         self.scheduler_combo.addItem("model's own", "")
         self.scheduler_combo.setToolTip("the sampler (scheduler) that runs the denoising steps")
         self._add_row(adv, SCHEDULER, "Sampler", self.scheduler_combo)
+        self.speed_combo = compact(QComboBox())
+        self.speed_combo.setObjectName("underpaint_speed")
+        for key, text in zip(SPEEDS, ("Auto (Live: few steps)", "Quality", "Live (few steps)"), strict=True):
+            self.speed_combo.addItem(text, key)
+        self.speed_combo.setToolTip(
+            "the model's live sampler setting (few steps, low guidance, its fast sampler and LoRA): "
+            "Auto uses it for Live mode only, Live for every job, Quality never (Steps, Guidance and "
+            "Sampler above)"
+        )
+        label = QLabel("Speed")
+        label.setToolTip(self.speed_combo.toolTip())
+        adv.add(label, self.speed_combo)
+        self.live_delay_spin = _int(
+            50, 5000, 300, "Live mode: how long the canvas must stay unchanged before a job is sent (ms)", 50
+        )
+        self.live_delay_spin.setSuffix(" ms")
+        label = QLabel("Live delay")
+        label.setToolTip(self.live_delay_spin.toolTip())
+        adv.add(label, self.live_delay_spin)
         self.resolution_spin = _int(0, 2048, 0, "size the model works at (longer side)", step=64)
         self.resolution_spin.setSpecialValueText("model's own")
         self._add_row(adv, RESOLUTION, "Working size", self.resolution_spin)
@@ -375,6 +400,8 @@ class Form:
         params = (spec or {}).get("params") or {}
         self._follow_spec(params, run)
         self._show_rank()
+        self.lora_panel.set_loras(list(self.preset().get("loras") or []) if LORAS in shown else [])
+        self.lora_panel.setVisible(LORAS in shown and self.lora_panel.has_rows())
         self.extras.set_spec(params)
         # The hints live in tooltips: a docker at Krita's default size has no room for them.
         self.mode_combo.setToolTip(f"{mode.label}: {mode.hint} (greyed out: the model cannot run it)")
@@ -455,4 +482,7 @@ class Form:
             compare_mode=self.compare_panel.base_mode(),
             compare_models=self.compare_panel.models() if mode.key == "compare" else [],
             extras=self.extras.values(),
+            loras=self.lora_panel.values() if self.lora_panel.isVisibleTo(self.body) else [],
+            speed=str(self.speed_combo.currentData() or "auto"),
+            live_delay=int(self.live_delay_spin.value()),
         )

@@ -20,7 +20,17 @@ if TYPE_CHECKING:
     from .form import Form
 
 STATE_VERSION = 1
-SPINS = ("strength", "steps", "guidance", "image_guidance", "variations", "resolution", "padding", "feather")
+SPINS = (
+    "strength",
+    "steps",
+    "guidance",
+    "image_guidance",
+    "variations",
+    "resolution",
+    "padding",
+    "feather",
+    "live_delay",
+)
 
 
 @dataclass
@@ -49,6 +59,7 @@ def state_of(form: Form) -> dict[str, Any]:
     if pending is not None:  # not known yet: keep what was saved
         saved = asdict(pending.values)
         values["scheduler"], values["extras"] = saved["scheduler"], saved["extras"]
+        values["loras"] = saved["loras"]
         values["compare_models"] = saved["compare_models"]
         for unit, old in zip(values["units"], saved["units"], strict=False):
             unit["preprocessor"], unit["model"] = old["preprocessor"], old["model"]
@@ -130,6 +141,7 @@ def apply_values(form: Form, values: FormValues, *, seed_text: str = "") -> list
     form.random_seed_check.setChecked(values.seed is None)
     form.seed_edit.setText(str(values.seed) if values.seed is not None else (seed_text or "0"))
     _set_data(form.factor_combo, values.factor)
+    _set_data(form.speed_combo, values.speed)
     _set_data(form.source_combo, values.source)
     for widget, unit in zip(form.units, values.units, strict=False):
         widget.setChecked(unit.enabled)
@@ -143,6 +155,10 @@ def apply_values(form: Form, values: FormValues, *, seed_text: str = "") -> list
     form.mix_panel.weights.update({m.layer_id: m.weight for m in values.mix_layers})
     if form.welcome is not None:
         _apply_late(form, values)
+        shown = form.lora_panel.names if form.lora_panel.isVisibleTo(form.body) else []
+        missing += [
+            f"the LoRA {x['name']} (not offered here)" for x in values.loras if x["name"] not in shown
+        ]
     return missing
 
 
@@ -151,6 +167,7 @@ def _apply_late(form: Form, values: FormValues) -> None:
     ControlNet preprocessors and models."""
     _set_data(form.scheduler_combo, values.scheduler)
     form.extras.apply(values.extras)
+    form.lora_panel.apply(values.loras)
     if values.compare_models and form.mode().key == "compare":
         form.compare_panel.tick(values.compare_models)
     for widget, unit in zip(form.units, values.units, strict=False):

@@ -41,10 +41,12 @@ class Job:
     step: int = 0
     total: int = 0
     message: str = ""
+    reason: str = ""  # why it was cancelled, as the daemon says ("superseded": a newer job of its lane)
     error_code: str = ""
     error_field: str = ""  # the refused field, e.g. "params.prompt" (PROTOCOL.md 6.9)
     error_position: int | None = None  # prompt syntax errors: 0-based character index in that text
     result: dict[str, Any] | None = None
+    loading: dict[str, Any] | None = None  # the last `loading` event: what the daemon loads for it
     cancel_requested: bool = False
     cancel_sent: bool = False
     missing_from_status: int = 0
@@ -82,9 +84,12 @@ class Job:
             self.position = int(message.get("position") or 0)
             self.state = JobState.CANCELLING if self.cancel_requested else JobState.QUEUED
         elif kind == "progress":
+            self.loading = None
             self.step, self.total = int(message.get("step") or 0), int(message.get("total") or 0)
             if self.state is not JobState.CANCELLING:
                 self.state = JobState.RUNNING
+        elif kind == "loading":  # the job waits for a model to load (PROTOCOL.md 6.10); no state change
+            self.loading = {k: message.get(k) for k in ("what", "elapsed_s", "bytes", "total_bytes")}
         elif kind == "result":
             if self.cancel_requested:
                 self.state, self.message = (
@@ -95,6 +100,7 @@ class Job:
                 self.state, self.result = JobState.DONE, message
         elif kind == "cancelled":
             self.state, self.message = JobState.CANCELLED, "cancelled"
+            self.reason = str(message.get("reason") or "")
         elif kind == "error":
             self.fail(
                 str(message.get("message") or message.get("code")), str(message.get("code") or "job_failed")
@@ -106,3 +112,20 @@ class Job:
             return None  # unknown event types are ignored (PROTOCOL.md section 2)
         self.events.append(str(kind))
         return str(kind)
+
+
+def loading_text(loading: dict[str, Any]) -> str:
+    """'loading the UNet of sd15… 12 s (1.2 of 3.4 GB)': what a `loading` event tells the painter."""
+    text = f"loading {loading.get('what') or 'the model'}\u2026 {float(loading.get('elapsed_s') or 0):.0f} s"
+    done, total = loading.get("bytes"), loading.get("total_bytes")
+    if isinstance(done, int) and isinstance(total, int) and total > 0:
+        text += f" ({_size(done)} of {_size(total)})"
+    elif isinstance(done, int):
+        text += f" ({_size(done)} so far)"
+    elif isinstance(total, int) and total > 0:
+        text += f" ({_size(total)})"
+    return text
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"

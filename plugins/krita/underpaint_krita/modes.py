@@ -24,8 +24,9 @@ CONTROL, FACTOR, SOURCE, DEPTH, MIX = "control", "factor", "source", "depth", "m
 STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER = "steps", "guidance", "seed", "variations", "scheduler"
 RESOLUTION, PADDING, FEATHER = "resolution", "padding", "feather"
 RANK = "rank"  # best picture first, each with its CLIP score (presets whose op spec lists `rank`)
+LORAS = "loras"  # the preset's LoRAs with a weight each (presets whose op spec lists `loras`)
 
-COMMON = frozenset({STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER, RANK})
+COMMON = frozenset({STEPS, GUIDANCE, SEED, VARIATIONS, SCHEDULER, RANK, LORAS})
 REGION = frozenset({SOURCE, RESOLUTION, PADDING, FEATHER})  # ops that read the selection's pixels
 
 #: The op parameter (or image slot, as "images.NAME") behind each field: shown only if the spec has it.
@@ -45,6 +46,7 @@ FIELD_PARAMS: dict[str, str] = {
     SEED: "seed",
     VARIATIONS: "variations",
     RANK: "rank",
+    LORAS: "loras",
     SCHEDULER: "scheduler",
     RESOLUTION: "resolution",
     PADDING: "padding",
@@ -165,6 +167,13 @@ MODES: tuple[Mode, ...] = (
     ),
 )
 MODES_BY_KEY = {mode.key: mode for mode in MODES}
+#: The "Speed" setting: "auto" uses the preset's live sampler setting for Live jobs only, "live" for
+#: every job, "quality" never (the form's own steps, guidance and sampler).
+SPEEDS = ("auto", "quality", "live")
+#: What `live` is when the daemon's welcome has none for the preset (older daemons): few steps, low guidance.
+LIVE_FALLBACK: dict[str, Any] = {"steps": 4, "guidance_scale": 2.0}
+LIVE_DELAY_MS = 300  # default wait of Live mode between a canvas change and its job
+
 #: Modes Compare can run on several presets (not ControlNet: its models differ per preset; not
 #: Upscale: it opens documents; not Mix: only one family mixes).
 COMPARABLE = ("generate", "refine", "inpaint", "variation", "depth", "instruct")
@@ -222,6 +231,9 @@ class FormValues:
     compare_mode: str = "generate"  # Compare: the mode every ticked preset runs
     compare_models: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)  # the preset's own options (param -> value)
+    loras: list[dict[str, Any]] = field(default_factory=list)  # the ticked LoRAs: [{name, weight}]
+    speed: str = "auto"  # one of SPEEDS: when the preset's `live` sampler setting applies
+    live_delay: int = LIVE_DELAY_MS  # ms: Live mode's debounce
 
     def active_units(self) -> list[UnitForm]:
         return [u for u in self.units if u.enabled and u.layer_id and u.model]
@@ -255,7 +267,23 @@ def form_values(data: dict[str, Any]) -> FormValues:
         form.mode = "inpaint"
     if not isinstance(form.extras, dict):
         form.extras = {}
+    form.loras = clean_loras(form.loras)
+    if form.speed not in SPEEDS:
+        form.speed = "auto"
     return form
+
+
+def clean_loras(value: Any) -> list[dict[str, Any]]:
+    """`[{name, weight}]` as stored or saved: malformed entries are dropped, weights clamped to −2 … 2."""
+    out: list[dict[str, Any]] = []
+    for item in value if isinstance(value, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"]:
+            try:
+                weight = float(item.get("weight", 1.0))
+            except (TypeError, ValueError):
+                continue
+            out.append({"name": item["name"], "weight": max(-2.0, min(2.0, weight))})
+    return out
 
 
 def field_param(mode: Mode, name: str) -> str:
@@ -316,10 +344,12 @@ def build_params(
     *,
     size: tuple[int, int] | None = None,
     spec: dict[str, Any] | None = None,
+    live: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `params` map of the submit: only what the op spec takes (None: no spec known, send the
     mode's fields); the daemon fills in the rest. For Compare, `spec` is the union of the ticked
-    presets' specs of the base op (the daemon gives each preset only what it takes)."""
+    presets' specs of the base op (the daemon gives each preset only what it takes). `live`: the
+    preset's live sampler setting, merged over the form (its LoRAs added to the painter's)."""
     mode = form.run_mode()
     fields = visible_fields(mode, spec)
     params: dict[str, Any] = {}
@@ -368,13 +398,38 @@ def build_params(
         ]
     if MIX in fields:
         params["items"] = mix_items(form)
+    if LORAS in fields and form.loras:
+        params["loras"] = [dict(lora) for lora in form.loras]
     params.update(form.extras)
+    if live is not None:
+        params = merge_live(params, live)
     if spec is not None:
         taken = set(spec.get("params") or {})
         params = {name: value for name, value in params.items() if name in taken}
     if form.mode == "compare":
         params = {"op": mode.op, "models": list(form.compare_models), **params}
     return params
+
+
+def merge_live(params: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the live sampler setting over them; its `loras` join the painter's (a LoRA the
+    painter ticked keeps the painter's weight: the daemon refuses a name twice). The caller filters
+    by the op spec afterwards, so a key the op does not take is never sent."""
+    out = dict(params)
+    for name, value in live.items():
+        if name != "loras":
+            out[name] = value
+    mine = {lora["name"] for lora in out.get("loras", [])}
+    extra = [lora for lora in clean_loras(live.get("loras")) if lora["name"] not in mine]
+    if extra:
+        out["loras"] = [*out.get("loras", []), *extra]
+    return out
+
+
+def live_setting(preset: dict[str, Any]) -> dict[str, Any]:
+    """The preset's live sampler setting from the welcome, or the fallback for daemons without one."""
+    live = preset.get("live")
+    return dict(live) if isinstance(live, dict) and live else dict(LIVE_FALLBACK)
 
 
 def mix_items(form: FormValues) -> list[dict[str, Any]]:
