@@ -173,8 +173,9 @@ def test_modes_map_to_protocol_ops() -> None:
     compare = modes.mode_by_key("compare")
     assert [value for value, _ in compare.arg("base-mode").choices] == list(modes.COMPARED)
     for key in modes.COMPARED:  # Compare has every argument its base modes send
-        # (not `rank`: Compare lays out one picture per preset, in the order the presets were ticked)
-        skipped = {"width", "height", "depth-layer", "rank"}
+        # (not `rank`: Compare lays out one picture per preset, in the order the presets were ticked;
+        # not `loras`: each preset lists its own)
+        skipped = {"width", "height", "depth-layer", "rank", "loras"}
         wanted = {a.name for a in modes.mode_by_key(key).args if a.param} - skipped
         assert wanted <= {a.name for a in compare.args}, key
 
@@ -191,7 +192,7 @@ def test_arguments_are_the_daemons_parameters(daemon) -> None:
                 continue
             what = "images" if arg.kind == "layer" else "params"
             slots = [set(ops[modes.mode_by_key(k).op][what]) for k in inner]
-            if arg.param == "rank":  # a param of the presets with a CLIP only (PROTOCOL.md 8.3)
+            if arg.param in ("rank", "loras"):  # params of some presets only (a CLIP; LoRA support)
                 slots = [set(p["op_specs"].get(mode.op, {}).get("params") or ()) for p in presets]
             assert any(arg.param in slot for slot in slots), (mode.key, arg.name, arg.param)
 
@@ -596,10 +597,12 @@ class GimpEnv:
         extra_env: dict[str, str] | None = None,
         procedures: list[str] | None = None,
         dialogs: dict[str, str] | None = None,
+        ui: bool = False,
     ) -> dict:
         """Run tests/gimp/batch_calls.py in gimp-console with `calls`; return its result.json.
 
-        `dialogs`: run on a virtual display, answering each dialog titled like a key with its value.
+        `dialogs`: run on a virtual display, answering each dialog titled like a key with its value;
+        `ui`: GIMP with its user interface there (image windows, painting), not gimp-console.
         """
         out = self.work / name
         out.mkdir()
@@ -611,7 +614,7 @@ class GimpEnv:
         }
         (out / "spec.json").write_text(json.dumps(spec, indent=1))
         env = {"UNDERPAINT_BATCH_SPEC": self.inside(out / "spec.json"), **(extra_env or {})}
-        argv = gimp_chroot.gimp_batch_argv(self.inside(self.work / "batch_calls.py"))
+        argv = gimp_chroot.gimp_batch_argv(self.inside(self.work / "batch_calls.py"), ui=ui)
         if dialogs is not None:
             answers = [f"{title}={key}" for title, key in dialogs.items()]
             argv = [
@@ -1958,3 +1961,311 @@ def test_gimp_reword_adds_the_edit_above_its_source(gimp: GimpEnv, daemon) -> No
     (shot,) = json.loads((again["out"] / "dialogs.json").read_text())["dialogs"]
     x, y, w, h = shot["geometry"]
     assert shot["title"] == "Underpaint Reword" and h <= 900 and w <= 1000, shot
+
+
+# -- issue 10: LoRAs, the Live sampler, Live mode ---------------------------------------------------
+
+from lora_files import build_lora  # noqa: E402
+from underpaint_gimp import live_state, loras  # noqa: E402
+
+LIVE_PROC = "plug-in-underpaint-live"
+LORA_PRESET = "tiny-lora"
+PAINT = (200, 80, 40, 40, (250, 20, 20))  # x, y, w, h, colour: a red square inside the selection
+
+
+def test_lora_text_and_the_live_sampler_merge() -> None:
+    """`loras` text <-> the wire; the Live sampler merges only what the op takes, adds its LoRAs to the
+    painter's, and falls back to few steps and low guidance when the daemon sends no `live` map."""
+    assert loras.parse_loras(" ink:0.8, lcm:1 ;x:-2") == {"ink": 0.8, "lcm": 1.0, "x": -2.0}
+    assert loras.format_loras({"ink": 0.8, "off": 0.0, "lcm": 1.0}) == "ink:0.8, lcm:1"
+    assert loras.wire_loras({"ink": 0.5, "off": 0.0}) == [{"name": "ink", "weight": 0.5}]
+    for bad, why in (("ink", "name:weight"), ("ink:lots", "must be a number"), ("ink:2.5", "from -2 to 2"),
+                     ("a:1,a:2", "given twice")):  # fmt: skip
+        with pytest.raises(loras.LoraError, match=why):
+            loras.parse_loras(bad)
+    refine = modes.mode_by_key("refine")
+    spec = {"params": {p: {} for p in ("prompt", "steps", "guidance_scale", "seed", "loras", "strength")}}
+    entry = {"name": "p", "ops": ["sdedit"], "op_specs": {"sdedit": spec}, "loras": [{"name": "ink"}]}
+    live = {"steps": 2, "guidance_scale": 1.0, "scheduler": "lcm", "loras": [{"name": "lcm", "weight": 1.0}]}
+    welcome = {"ops": {"sdedit": {}}, "default_model": "p", "models": [{**entry, "live": live}]}
+    values = _defaults(refine, prompt="a cat", loras="ink:0.5", sampler="live", seed=3)
+    fitted = request.fit_to_preset(request.build_request(refine, values, _crop_pixels(refine)), welcome)
+    assert fitted.params["steps"] == 2 and fitted.params["guidance_scale"] == 1.0
+    assert "scheduler" not in fitted.params, "only the keys the op's spec lists"
+    assert fitted.params["loras"] == [{"name": "ink", "weight": 0.5}, {"name": "lcm", "weight": 1.0}]
+    assert request.fit_to_preset(fitted, welcome).params == fitted.params, "merged once"
+    quality = request.fit_to_preset(
+        request.build_request(
+            refine, {**values, "sampler": "quality", "loras": "ink:0"}, _crop_pixels(refine)
+        ),
+        welcome,
+    )
+    assert quality.params["steps"] == 30 and "loras" not in quality.params, "weight 0 = no LoRA sent"
+    welcome["models"] = [entry]  # a daemon that sends no `live`: the fallback
+    fallback = request.fit_to_preset(request.build_request(refine, values, _crop_pixels(refine)), welcome)
+    assert (fallback.params["steps"], fallback.params["guidance_scale"]) == (4, 2.0)
+    with pytest.raises(request.UserError, match=r"has no LoRA 'ghost' \(its LoRAs: ink\)"):
+        ghost = request.build_request(refine, {**values, "loras": "ghost:1"}, _crop_pixels(refine))
+        request.fit_to_preset(ghost, welcome)
+
+
+def test_live_debounce_and_newest() -> None:
+    """A change is sent once it rests for the delay, never twice; only newer results are shown."""
+    wait = live_state.Debounce(0.5)
+    assert not wait.due("a", 0.0) and not wait.due("a", 0.4) and wait.due("a", 0.5)
+    assert not wait.due("a", 9.0), "the same input is not sent again"
+    assert not wait.due("b", 10.0) and not wait.due("c", 10.3) and not wait.due("c", 10.7)
+    assert wait.due("c", 10.8)
+    wait.retry()
+    assert wait.due("c", 10.9), "a failed send goes out again"
+    newest = live_state.Newest()
+    for sent in ("j1", "j2", "j3"):
+        newest.add(sent)
+    assert newest.running == "j3" and newest.take("j2") and not newest.take("j1"), "older than shown"
+    assert newest.take("j3") and newest.running is None and not newest.take("zz")
+
+
+@pytest.fixture(scope="module")
+def lora_daemon(underpaint_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A daemon whose config adds `tiny-lora`: the tiny SD 1.5 models with one seeded LoRA, `style`."""
+    folder = tmp_path_factory.mktemp("gimp-loras")
+    path = build_lora(underpaint_home / "models", "sd15", folder / "style.safetensors")
+    config = folder / "presets.toml"
+    config.write_text(
+        f'[presets.{LORA_PRESET}]\nbuiltin = "tiny"\n[presets.{LORA_PRESET}.loras]\nstyle = "{path}"\n'
+    )
+    with running_daemon("--config", str(config), preset="tiny") as proc:
+        yield proc
+
+
+def test_loading_is_shown_before_the_first_step(lora_daemon) -> None:
+    """A job whose LoRA loads first says so on the progress bar (the daemon's `loading` events) before
+    its steps; the LoRA loads on the first job that names it."""
+    refine = modes.mode_by_key("refine")
+    values = _defaults(refine, steps=STEPS, seed=3, prompt="a cat", model=LORA_PRESET, loras="style:1")
+    reports: list[tuple[float | None, str]] = []
+    with job.Session(lora_daemon.endpoint, protocol=_protocol) as session:
+        req = session.fit(request.build_request(refine, values, _crop_pixels(refine)))
+        session.run(req, lambda fraction, text: reports.append((fraction, text)))
+    texts = [text for _, text in reports]
+    loading = [i for i, text in enumerate(texts) if text.startswith("Underpaint: loading ")]
+    steps = [i for i, text in enumerate(texts) if text.startswith("Underpaint: step ")]
+    assert loading and steps and loading[0] < steps[0], texts
+    assert re.fullmatch(r"Underpaint: loading .+… \d+ s", texts[loading[0]]), texts
+
+
+def _live_map(endpoint: str, model: str) -> dict[str, Any]:
+    """What the Live sampler should send for sdedit on `model` (its `live` map or the fallback)."""
+    from underpaint.protocol import Client
+
+    with Client(endpoint, timeout=60) as client:
+        entry = next(p for p in client.hello()["models"] if p["name"] == model)
+    taken = set(entry["op_specs"]["sdedit"]["params"])
+    live = entry.get("live") if isinstance(entry.get("live"), dict) else presets.LIVE_FALLBACK
+    return {k: v for k, v in live.items() if k in taken}
+
+
+@pytest.fixture(scope="module")
+def gimp_live(gimp: GimpEnv, lora_daemon) -> dict[str, Any]:
+    """One GIMP session on a virtual display, in a HOME of its own (no last values of other tests):
+    LoRA weights and the Live sampler through Refine, Live's steps as a script calls them, and Live's
+    dialog driven by a user who keeps two pictures."""
+    home = gimp.work / "home-live"
+    plug_ins = Path(".config", "GIMP", "3.0", "plug-ins")
+    shutil.copytree(gimp.home / plug_ins, home / plug_ins)
+    base = {"endpoint": lora_daemon.endpoint, "steps": STEPS, "seed": 7, "prompt": "a cat"}
+    refine, inpaint = (modes.mode_by_key(key).procedure for key in ("refine", "inpaint"))
+    live = {"endpoint": lora_daemon.endpoint, "prompt": "a cat", "seed": 5, "strength": 0.5, "delay": 0.3}
+    calls = [
+        {"name": f"lora-{key}", "procedure": refine, "selection": SELECTION,
+         "args": {**base, "model": LORA_PRESET, "loras": text}}
+        for key, text in (("none", ""), ("zero", "style:0"), ("one", "style:1"), ("ghost", "ghost:1"))
+    ] + [
+        {"name": "live-sampler", "procedure": refine, "selection": SELECTION,
+         "args": {**base, "model": LORA_PRESET, "sampler": "live"}},
+        {"name": "lora-dialog", "procedure": inpaint, "selection": SELECTION, "interactive": True,
+         "args": {**base, "model": LORA_PRESET, "loras": "style:0.5, ghost:1"}},
+        {"name": "plain-dialog", "procedure": refine, "selection": SELECTION, "interactive": True,
+         "args": {**base, "model": LORA_PRESET, "loras": "style:0.5"}},
+        {"name": "live-steps", "procedure": LIVE_PROC, "selection": SELECTION,
+         "args": {**live, "action": "update"},
+         "then": [{"args": {"action": "update"}}, {"paint": [*PAINT[:4], list(PAINT[4])]},
+                  {"args": {"action": "update"}},
+                  {"args": {"action": "update"}, "drawables": "named:Underpaint live"},
+                  {"args": {"action": "keep"}}, {"args": {"action": "stop"}}]},
+        {"name": "live-dialog", "procedure": LIVE_PROC, "selection": SELECTION, "interactive": True,
+         "args": live},
+    ]  # fmt: skip
+    answers = {
+        "Underpaint Inpaint": "Return",
+        # the painter picks a preset without LoRAs: its rows go, and no LoRA is sent
+        "Underpaint Refine": "alt+m ctrl+a type:tiny wait:1 snap:plain.png Return",
+        "Underpaint Live": "wait:6 alt+k wait:1 alt+p End type:zebra wait:6 alt+k wait:1 snap:live.png alt+o",
+    }
+    return replace(gimp, home=home).batch("live", calls, dialogs=answers)
+
+
+def _patch_render(
+    endpoint: str, stored: dict[str, Any], picture: np.ndarray, selection: np.ndarray
+) -> np.ndarray:
+    """A stored result's params run again on `picture` cropped to its region, with the selection."""
+    from underpaint.protocol import Client
+
+    x, y, w, h = stored["region"]
+    crop = np.ascontiguousarray(picture[y : y + h, x : x + w])
+    images = {
+        "image": {"format": "raw", "width": w, "height": h, "channels": 4, "data": crop.tobytes()},
+        "mask": {"format": "raw", "width": w, "height": h, "channels": 1,
+                 "data": np.ascontiguousarray(selection[y : y + h, x : x + w]).tobytes()},
+    }  # fmt: skip
+    with Client(endpoint, timeout=120) as client:
+        client.hello()
+        done = client.run(stored["op"], stored["params"], images, model=stored["model"])["images"][0]
+    return np.frombuffer(bytes(done["data"]), np.uint8).reshape(done["height"], done["width"], 4)
+
+
+def test_gimp_lora_weights_move_pixels(gimp_live: dict[str, Any]) -> None:
+    """Refine on a preset with a LoRA: weight 1 changes the pixels, weight 0 equals no LoRA bit for bit;
+    a LoRA the preset does not list is refused naming those it has."""
+    out, got = gimp_live["out"], gimp_live["calls"]
+    layers = {}
+    for key in ("none", "zero", "one"):
+        entry = got[f"lora-{key}"]
+        assert entry["success"], f"{key}: {entry['error']}\n{gimp_live['log']}"
+        (row,) = _results(entry)
+        layers[key] = _rgba(out, row["pixels"], row["width"], row["height"])
+        params = json.loads(row["parasites"]["underpaint-params"])["params"]
+        assert params.get("loras", []) == ([{"name": "style", "weight": 1.0}] if key == "one" else []), key
+    assert np.array_equal(layers["zero"], layers["none"]), "weight 0 is the preset's untouched base"
+    moved = np.abs(layers["one"].astype(float) - layers["none"].astype(float))[..., :3].mean()
+    assert moved > 1.0, moved
+    ghost = got["lora-ghost"]
+    assert not ghost["success"] and "has no LoRA 'ghost' (its LoRAs: style)" in ghost["error"], ghost
+
+
+def test_gimp_live_sampler_and_the_lora_rows(gimp_live: dict[str, Any], lora_daemon) -> None:
+    """The Live sampler's params reach the daemon (echoed in the result); the dialog shows one row per
+    LoRA of the picked preset and sends only those (the stale 'ghost' would be refused)."""
+    out, got = gimp_live["out"], gimp_live["calls"]
+    entry = got["live-sampler"]
+    assert entry["success"], f"{entry['error']}\n{gimp_live['log']}"
+    (row,) = _results(entry)
+    params = json.loads(row["parasites"]["underpaint-params"])["params"]
+    for key, value in _live_map(lora_daemon.endpoint, LORA_PRESET).items():
+        assert params[key] == value, (key, params)
+    assert params["steps"] != STEPS, "the painter's steps were replaced"
+    dialog = got["lora-dialog"]
+    assert dialog["success"], f"{dialog['error']}\n{gimp_live['log']}"
+    (row,) = _results(dialog)
+    params = json.loads(row["parasites"]["underpaint-params"])["params"]
+    assert params["loras"] == [{"name": "style", "weight": 0.5}], params
+    settings = out.parent / "home-live" / ".config" / "GIMP" / "3.0" / "plug-in-settings"
+    kept = [p.name for p in settings.glob("*inpaint*.last") if "style:0.5" in p.read_text(errors="replace")]
+    assert kept, "the LoRA weights are remembered with the other settings"
+    plain = got["plain-dialog"]  # a preset without LoRAs: no rows, and none sent
+    assert plain["success"], f"{plain['error']}\n{gimp_live['log']}"
+    (row,) = _results(plain)
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    assert stored["model"] == "tiny" and stored["params"].get("loras", []) == [], stored
+    shots = json.loads((out / "dialogs.json").read_text())["dialogs"]
+    rows = next(Image.open(out / s["png"]) for s in shots if s["title"] == "Underpaint Inpaint").size
+    none = Image.open(out / "plain.png").size  # Refine has the same fields, here without LoRA rows
+    assert rows[1] <= 900 and rows[1] >= none[1] + 20, (rows, none)  # the LoRA row makes it taller
+
+
+def test_gimp_live_steps_replace_one_live_layer(gimp_live: dict[str, Any], lora_daemon) -> None:
+    """Live as a script calls it: update renders the source into one 'Underpaint live' layer, a change
+    of the source gives a new picture in the same layer (made from the source only), keep copies it
+    as a normal result layer, stop removes it; nothing else changes. Live on its own live layer is
+    refused (it would paint from its own pictures)."""
+    out, entry = gimp_live["out"], gimp_live["calls"]["live-steps"]
+    assert entry["success"], f"{entry['error']}\n{gimp_live['log']}"
+    first, painted, second, itself, kept, stopped = entry["then"]
+    for step in (first, second, kept, stopped):
+        assert step["success"], f"{step['error']}\n{gimp_live['log']}"
+    assert not itself["success"] and "not from its own live layer" in itself["error"], itself
+    for step in (first, painted, second, kept):
+        assert step["layers"].count("Underpaint live") == 1, step["layers"]
+    assert "Underpaint/Live seed 5 (tiny)" in kept["layers"], kept["layers"]
+    assert "Underpaint live" not in stopped["layers"]
+    h, w = _original().shape[:2]
+    before, after = (
+        _rgba(out, s["live"]["pixels"], s["live"]["width"], s["live"]["height"]) for s in (first, second)
+    )
+    assert not np.array_equal(before, after), "the painted change made a new picture"
+    stored = json.loads(second["live"]["parasites"]["underpaint-params"])
+    assert stored["op"] == "sdedit" and stored["seed"] == 5 and stored["mode"] == "live"
+    selection = _gray(out, "live-steps-selection.y", w, h)
+    background = next(r for r in entry["image"]["layers"] if r["name"] == "Background")
+    canvas = _rgba(out, background["pixels"], w, h)
+    x, y, pw, ph, colour = PAINT
+    expected = _original().copy()
+    expected[y : y + ph, x : x + pw, :3] = colour
+    assert np.array_equal(canvas, expected), "only the painter's square changed the picture"
+    assert np.array_equal(_patch_render(lora_daemon.endpoint, stored, canvas, selection), after)
+    top = [r["name"] for r in entry["image"]["layers"] if r["parent"] is None]
+    assert top == ["Underpaint", "Background"], top
+    (row,) = _results(entry)
+    assert row["name"] == "Live seed 5 (tiny)"
+    assert np.array_equal(_rgba(out, row["pixels"], row["width"], row["height"]), after), (
+        "Keep = the live layer"
+    )
+
+
+def test_gimp_live_dialog_keeps_and_closes_cleanly(gimp_live: dict[str, Any], lora_daemon) -> None:
+    """Live's dialog while open: the first picture arrives by itself and Keep copies it; a prompt typed
+    meanwhile is a change, sent in the lane, and its picture is kept second (newest on top); OK closes
+    the dialog and removes the live layer, leaving the picture as it was."""
+    out, entry = gimp_live["out"], gimp_live["calls"]["live-dialog"]
+    assert entry["success"], f"{entry['error']}\n{gimp_live['log']}"
+    top = [r["name"] for r in entry["image"]["layers"] if r["parent"] is None]
+    assert top == ["Underpaint", "Background"], top
+    rows = _results(entry)
+    assert [r["name"] for r in rows] == ["Live seed 5 (tiny) #1", "Live seed 5 (tiny)"], rows  # GIMP adds #1
+    stored = [json.loads(r["parasites"]["underpaint-params"]) for r in rows]
+    assert [s["params"]["prompt"] for s in stored] == ["a catzebra", "a cat"]
+    h, w = _original().shape[:2]
+    background = next(r for r in entry["image"]["layers"] if r["name"] == "Background")
+    assert np.array_equal(_rgba(out, background["pixels"], w, h), _original())
+    selection = _gray(out, "live-dialog-selection.y", w, h)
+    for row, run in zip(rows, stored, strict=True):
+        layer = _rgba(out, row["pixels"], row["width"], row["height"])
+        assert np.array_equal(_patch_render(lora_daemon.endpoint, run, _original(), selection), layer)
+    shot = Image.open(out / "live.png")
+    assert shot.size[1] <= 900, shot.size
+
+
+STROKE = (190, 90, 260, 130)  # x1, y1, x2, y2: a brush stroke inside the selection, painted in GIMP's window
+
+
+def test_gimp_live_follows_painting_on_the_canvas(gimp: GimpEnv, lora_daemon) -> None:
+    """GIMP with its user interface: while Live's dialog is open, the painter paints a stroke on the
+    canvas (xdotool drags the brush in the image window); Live notices, sends the painted source, and
+    Keep keeps a picture made from the painted canvas (bit-identical to the daemon's for it, unlike the
+    one for the canvas before the stroke). OK removes the live layer; the stroke stays."""
+    home = gimp.work / "home-gui"
+    plug_ins = Path(".config", "GIMP", "3.0", "plug-ins")
+    shutil.copytree(gimp.home / plug_ins, home / plug_ins)
+    args = {"endpoint": lora_daemon.endpoint, "prompt": "a cat", "seed": 5, "strength": 0.5, "delay": 0.3}
+    call = {"name": "gui", "procedure": LIVE_PROC, "selection": SELECTION, "interactive": True, "args": args}
+    calls = [{**call, "display": True}]
+    stroke = ",".join(map(str, STROKE))
+    answers = {"Underpaint Live": f"wait:4 paint:{stroke} wait:5 alt+k wait:1 snap:gui-live.png alt+o"}
+    result = replace(gimp, home=home).batch("gui", calls, dialogs=answers, ui=True)
+    out, entry = result["out"], result["calls"]["gui"]
+    assert entry["success"], f"{entry['error']}\n{result['log']}"
+    top = [r["name"] for r in entry["image"]["layers"] if r["parent"] is None]
+    assert top == ["Underpaint", "Background"], top
+    h, w = _original().shape[:2]
+    background = next(r for r in entry["image"]["layers"] if r["name"] == "Background")
+    canvas = _rgba(out, background["pixels"], w, h)
+    changed = np.argwhere((canvas != _original()).any(axis=2))
+    assert len(changed) > 200, "the stroke is on the canvas"
+    (y0, x0), (y1, x1) = changed.min(axis=0), changed.max(axis=0)
+    assert STROKE[0] - 40 <= x0 and x1 <= STROKE[2] + 40 and STROKE[1] - 40 <= y0 and y1 <= STROKE[3] + 40
+    (row,) = _results(entry)
+    stored = json.loads(row["parasites"]["underpaint-params"])
+    kept = _rgba(out, row["pixels"], row["width"], row["height"])
+    selection = _gray(out, "gui-selection.y", w, h)
+    assert np.array_equal(_patch_render(lora_daemon.endpoint, stored, canvas, selection), kept)
+    assert not np.array_equal(_patch_render(lora_daemon.endpoint, stored, _original(), selection), kept)

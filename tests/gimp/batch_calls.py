@@ -14,7 +14,8 @@ Driven by the JSON file named in the UNDERPAINT_BATCH_SPEC environment variable:
                         after the previous run) or "named:<layer name>", "procedure": another
                         procedure, run with only these args}]: more runs on the same image, each
                         in entry["then"],
-              "interactive": bool, "returns_image": bool}]}
+              "interactive": bool, "returns_image": bool,
+              "display": bool (open an image window: GIMP runs with its UI)}]}
 An argument given as {"layer": name} is the layer of that name (one of `layers`).
 Writes `<out>/result.json` (always, even on errors: gimp-console exits 0 on caught exceptions) with,
 per call: the PDB status, the error message, the duration and wall-clock start and end, the int and
@@ -87,6 +88,16 @@ def describe(items, prefix, parent=None):
             row["mask_pixels"] = dump(item.get_mask(), os.path.join(OUT, f"{prefix}-{index}-mask.y"), "Y u8")
         rows.append(row)
     return rows
+
+
+def tree_names(items, parent=""):
+    """Every layer's path, top to bottom ('Underpaint/Inpaint seed 7 (tiny)')."""
+    names = []
+    for item in items:
+        names.append(parent + item.get_name())
+        if item.is_group_layer():
+            names.extend(tree_names(item.get_children(), parent + item.get_name() + "/"))
+    return names
 
 
 def save_and_describe(image, name):
@@ -204,16 +215,30 @@ def run_call(call):
     layers_before = len(image.get_layers())
     before = dump(layer, os.path.join(OUT, f"{call['name']}-before.rgba"))
 
+    display = Gimp.Display.new(image) if call.get("display") else None  # GIMP with its UI: a window
     values, entry = run_procedure(call, image, drawables, args, call.get("interactive"))
     entry["before"] = before  # the picture's layer as it was before the call
     entry["then"] = []
-    for more in call.get("then") or []:
+    for index, more in enumerate(call.get("then") or []):
+        if more.get("paint"):  # the painter paints: a rectangle of one colour on the picture's layer
+            x, y, w, h, rgb = more["paint"]
+            layer.get_buffer().set(Gegl.Rectangle.new(x, y, w, h), "R'G'B'A u8", bytes([*rgb, 255]) * (w * h))
+            layer.update(x, y, w, h)
+            entry["then"].append({"painted": more["paint"], "layers": tree_names(image.get_layers())})
+            continue
         again = pick_drawables(image, layer, more.get("drawables") or "picture")
         if more.get("procedure"):  # another procedure: only its own arguments
             _, done = run_procedure(more, image, again, more.get("args", {}), False)
         else:
             _, done = run_procedure(call, image, again, {**args, **more.get("args", {})}, False)
         done["drawables"] = [d.get_name() for d in again]
+        done["layers"] = tree_names(image.get_layers())
+        live = [item for item in image.get_layers() if item.get_name() == "Underpaint live"]
+        if live:  # Live's layer as this step left it
+            _, lx, ly = live[0].get_offsets()
+            path = os.path.join(OUT, f"{call['name']}-then{index}-live.rgba")
+            done["live"] = {"x": lx, "y": ly, "width": live[0].get_width(), "height": live[0].get_height(),
+                            "pixels": dump(live[0], path), "parasites": parasites(live[0])}  # fmt: skip
         entry["then"].append(done)
     entry["layers_before"] = layers_before
     entry["top_level_after"] = len(image.get_layers())
@@ -223,6 +248,8 @@ def run_call(call):
         entry["new_image"] = save_and_describe(new_image, call["name"] + "-new") if new_image else None
         if new_image:
             new_image.delete()
+    if display is not None:
+        display.delete()
     image.delete()
     return entry
 

@@ -319,10 +319,12 @@ def run_in_chroot(
     return GimpRun(proc.returncode, out.decode(errors="replace"), time.monotonic() - started, timed_out)
 
 
-def gimp_batch_argv(script_in_chroot: str) -> list[str]:
-    """gimp-console running one Python file through the python-fu-eval batch interpreter."""
+def gimp_batch_argv(script_in_chroot: str, ui: bool = False) -> list[str]:
+    """gimp-console running one Python file through the python-fu-eval batch interpreter (`ui`: GIMP
+    with its user interface, image windows included, on the display the caller provides)."""
     code = f"exec(compile(open({script_in_chroot!r}).read(), {script_in_chroot!r}, 'exec'))"
-    return ["gimp-console-3.0", "-i", "--batch-interpreter=python-fu-eval", "-b", code, "--quit"]
+    program = ["gimp-3.0", "--no-splash"] if ui else ["gimp-console-3.0", "-i"]
+    return [*program, "--batch-interpreter=python-fu-eval", "-b", code, "--quit"]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -1,6 +1,8 @@
 """Runs inside the chroot: a command (gimp-console) on a virtual X display while a "user" answers every
 Underpaint dialog with the keys given for its title (Return = OK, Escape = Cancel; several keys are
-pressed in turn, e.g. 'alt+m Down Return'; the word 'shot' photographs the whole screen there).
+pressed in turn, e.g. 'alt+m Down Return'; the word 'shot' photographs the whole screen there,
+'wait:SECONDS' pauses, 'type:WORD' types a word, 'snap:NAME.png' photographs the dialog as it is now,
+'paint:X1,Y1,X2,Y2' drags the brush across the picture in GIMP's image window, when GIMP runs with its UI).
 
     python3 interactive.py OUT_DIR 'Underpaint Inpaint=Return' ... -- gimp-console-3.0 ...
 
@@ -83,6 +85,58 @@ def photograph(env, wid, path):
     return [int(v) for v in words] if done.returncode == 0 and len(words) == 4 else None
 
 
+def canvas_origin(env, picture):
+    """Where pixel (0, 0) of the picture is on the screen (its image window at 100 %): a run of its
+    pixels is looked for in a screenshot, row by row."""
+    code = (
+        "import sys, gi\n"
+        "gi.require_version('Gdk', '3.0')\n"
+        "from gi.repository import Gdk, GdkPixbuf\n"
+        "shot = Gdk.pixbuf_get_from_window(Gdk.get_default_root_window(), 0, 0, *map(int, sys.argv[2:4]))\n"
+        "image = GdkPixbuf.Pixbuf.new_from_file(sys.argv[1])\n"
+        "def row(pixbuf, y, x, n):\n"
+        "    data, step, ch = pixbuf.get_pixels(), pixbuf.get_rowstride(), pixbuf.get_n_channels()\n"
+        "    line = data[y * step + x * ch : y * step + (x + n) * ch]\n"
+        "    return b''.join(line[i : i + 3] for i in range(0, len(line), ch))\n"
+        "x0, y0, n = 10, image.get_height() - 30, 24\n"
+        "wanted = row(image, y0, x0, n)\n"
+        "for y in range(shot.get_height()):\n"
+        "    line = row(shot, y, 0, shot.get_width())\n"
+        "    at = line.find(wanted)\n"
+        "    while at >= 0 and at % 3:\n"
+        "        at = line.find(wanted, at + 1)\n"
+        "    if at >= 0:\n"
+        "        print(at // 3 - x0, y - y0)\n"
+        "        break\n"
+    )
+    done = subprocess.run(["python3", "-c", code, picture, *map(str, SCREEN)], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    words = done.stdout.split()
+    if len(words) != 2:
+        raise RuntimeError(f"the picture is not on the screen: {done.stdout} {done.stderr}")
+    return int(words[0]), int(words[1])
+
+
+def paint(env, dialog, line):
+    """Move the dialog off the canvas, then drag the active brush from (x1, y1) to (x2, y2) of the
+    picture (image coordinates) in GIMP's image window, as a painter does; focus the dialog again."""
+    xdotool(env, "windowmove", dialog, str(SCREEN[0] // 2), str(SCREEN[1] // 3))
+    time.sleep(0.5)
+    picture = json.load(open(os.environ["UNDERPAINT_BATCH_SPEC"]))["picture"]
+    ox, oy = canvas_origin(env, picture)
+    (window, *_) = xdotool(env, "search", "--name", "GIMP$") or [""]
+    xdotool(env, "windowfocus", "--sync", window)
+    x1, y1, x2, y2 = line
+    xdotool(env, "mousemove", str(ox + x1), str(oy + y1))
+    xdotool(env, "mousedown", "1")
+    for i in range(1, 21):
+        xdotool(env, "mousemove", str(ox + x1 + (x2 - x1) * i // 20), str(oy + y1 + (y2 - y1) * i // 20))
+        time.sleep(0.03)
+    xdotool(env, "mouseup", "1")
+    time.sleep(0.3)
+    xdotool(env, "windowfocus", "--sync", dialog)
+
+
 def answer_dialogs(env, keys, stop, answered, log_path, shots):
     """Photograph each dialog window titled 'Underpaint ...', then press its keys until it closes.
 
@@ -108,6 +162,16 @@ def answer_dialogs(env, keys, stop, answered, log_path, shots):
                 for one in key.split():  # XTEST, like a keyboard: no window manager needed
                     if one == "shot":  # the screen as it is now (an open drop-down list...)
                         photograph(env, "screen", f"{shot[:-4]}-{presses}.png")
+                    elif one.startswith("wait:"):  # let the dialog work (Live paints meanwhile)
+                        time.sleep(float(one.removeprefix("wait:")))
+                    elif one.startswith("type:"):  # type a word into the focused field
+                        xdotool(env, "type", "--delay", "50", one.removeprefix("type:"))
+                    elif one.startswith("paint:"):  # drag the brush over the canvas (GIMP with its UI)
+                        paint(env, wid, [int(v) for v in one.removeprefix("paint:").split(",")])
+                    elif one.startswith("snap:"):  # photograph the dialog as it is now
+                        photograph(
+                            env, wid, os.path.join(os.path.dirname(log_path), one.removeprefix("snap:"))
+                        )
                     else:
                         xdotool(env, "key", one)
                     time.sleep(0.3)

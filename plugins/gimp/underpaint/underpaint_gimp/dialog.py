@@ -23,7 +23,8 @@ from gi.repository import Gimp, GimpUi, GLib, GObject, Gtk  # noqa: E402
 from . import job as jobs  # noqa: E402
 from .connection import recall  # noqa: E402
 from .keys import CLIENT_ARG, SERVER_ARG, KeyFiles  # noqa: E402
-from .modes import MODEL, RANK, Arg, Mode, effective  # noqa: E402
+from .lora_rows import LoraRows  # noqa: E402
+from .modes import LIVE, LORAS, MODEL, RANK, Arg, Mode, effective  # noqa: E402
 from .presets import Catalog, Preset, help_text  # noqa: E402
 from .prompt_errors import PromptError  # noqa: E402
 from .request import UserError  # noqa: E402
@@ -84,7 +85,8 @@ def run_dialog(
 def _fields(dialog: GimpUi.ProcedureDialog, config: Gimp.ProcedureConfig, mode: Mode) -> list[str]:
     """The dialog's rows, the two key files folded in an expander (open when either is set): most
     painters run the daemon on their own computer and need no keys."""
-    names = [arg.name for arg in mode.args if arg.kind != "strings" and arg.name != "model"]
+    hidden = ("model", LORAS.name)  # the preset picker and the LoRA rows stand for these
+    names = [arg.name for arg in mode.args if arg.kind != "strings" and arg.name not in hidden]
     keys = [name for name in names if name in (SERVER_ARG, CLIENT_ARG)]
     if not keys:
         return names
@@ -173,6 +175,8 @@ class _Picker:
         self.notes = _label("", "What the picked preset does differently in this mode")
         self.notes.set_no_show_all(True)
         self.box.pack_start(self.notes, False, False, 0)
+        self.loras = LoraRows(config)
+        self.box.pack_start(self.loras.box, False, False, 0)
         self.box.pack_start(Gtk.Separator(orientation=Gtk.Orientation.HORIZONTAL), False, False, 2)
         self._tooltips: dict[str, str | None] = {}
 
@@ -220,8 +224,9 @@ class _Picker:
 
     def grey_out(self, takes: Callable[[Arg], bool], why: str) -> None:
         """Settings the chosen preset(s) do not use are insensitive, their tooltip saying why."""
+        live = self.mode.has("sampler") and self.config.get_property("sampler") == LIVE
         for arg in self.mode.args:
-            if arg.kind == "strings" or arg.name == "model":
+            if arg.kind == "strings" or arg.name in ("model", LORAS.name):
                 continue
             widget = self.dialog.get_widget(arg.name, GObject.TYPE_NONE)
             if widget is None:
@@ -235,6 +240,9 @@ class _Picker:
                 widget.set_visible(used)
             widget.set_sensitive(used)
             widget.set_tooltip_text(self._tooltips[arg.name] if used else f"{why} does not use this setting")
+            if used and live and arg.name in ("steps", "guidance"):  # the preset's live map sets them
+                widget.set_sensitive(False)
+                widget.set_tooltip_text(f"{self._tooltips[arg.name]}\nThe Live sampler sets this.")
 
 
 class PresetPicker(_Picker):
@@ -268,6 +276,8 @@ class PresetPicker(_Picker):
         self.row.pack_start(self.combo, True, True, 0)
         self.row.pack_start(self.refresh_button, False, False, 0)
         self.entry.connect("changed", lambda _entry: self.update())
+        if mode.has("sampler"):
+            config.connect("notify::sampler", lambda *_args: self.update())
         if mode.has(RANK.name):
             config.connect("notify::variations", lambda *_args: self.update())
 
@@ -296,6 +306,8 @@ class PresetPicker(_Picker):
         if preset is None or not shown.runnable:
             self.grey_out(lambda arg: True, "")
             return
+        takes_loras = self.mode.has(LORAS.name) and preset.takes(self.mode.op, LORAS)
+        self.loras.show(preset.loras if takes_loras else ())
         self.grey_out(lambda arg: preset.takes(self.mode.op, arg), f"{preset.name} ({preset.title})")
         self.explain_syntax(preset.name, self.mode.op)
         extra = self.catalog.family_settings(preset, self.mode.op)

@@ -196,20 +196,27 @@ class Session:
         report = progress or _silent
         request = self.fit(request)
         steps = StepCount(asked_steps(request, self.welcome))
-        fields: dict[str, Any] = {"op": request.op, "params": request.params, "images": request.images}
-        if request.model:
-            fields["model"] = request.model
-        try:
-            accepted = self.client.request("submit", timeout=SUBMIT_TIMEOUT, **fields)
-        except TimeoutError as exc:
-            raise UserError(f"The Underpaint daemon at {self.endpoint} stopped answering.") from exc
-        except self.proto.DaemonError as exc:
-            raise refused(exc.reply, request.params) from exc
+        accepted = self.submit(request)
         job = str(accepted["job"])
         if on_accepted is not None:
             on_accepted(job, steps.asked)
         report(None, f"Underpaint: {_waiting(int(accepted.get('position', 0)))}")
         return self.wait(Waiting(job, steps, request.params), report)
+
+    def submit(self, request: JobRequest) -> dict[str, Any]:
+        """Send a fitted request (with its lane, if any) and return the daemon's `accepted`, without
+        waiting for the job (Live mode reads the events itself)."""
+        fields: dict[str, Any] = {"op": request.op, "params": request.params, "images": request.images}
+        if request.model:
+            fields["model"] = request.model
+        if request.lane:
+            fields["lane"] = request.lane
+        try:
+            return dict(self.client.request("submit", timeout=SUBMIT_TIMEOUT, **fields))
+        except TimeoutError as exc:
+            raise UserError(f"The Underpaint daemon at {self.endpoint} stopped answering.") from exc
+        except self.proto.DaemonError as exc:
+            raise refused(exc.reply, request.params) from exc
 
     def fetch(self, job: str) -> dict[str, Any] | None:
         """A finished job's final event (`result`, `cancelled` or `error`), or None while it runs;
@@ -274,6 +281,9 @@ class Session:
             if kind == "progress":
                 step, total = int(message.get("step", 0)), max(1, int(message.get("total", 1)))
                 report(*waiting.steps.update(step, total))
+            elif kind == "loading":  # the model is loading (or downloading) before the first step
+                seconds = float(message.get("elapsed_s") or 0.0)
+                report(None, f"Underpaint: loading {message.get('what') or 'the model'}… {seconds:.0f} s")
             elif kind in FINAL_EVENTS:
                 return self.outcome(message, waiting, report)
 
@@ -290,6 +300,8 @@ class Session:
                     "The Underpaint daemon cancelled the job: no connection waited for it for "
                     f"{_duration(float(self.limits().get('session_grace_s') or 120))}."
                 )
+            if reason == "superseded":
+                raise UserError("The Underpaint job was replaced by a newer one of its lane (Live mode).")
             raise UserError("The Underpaint job was cancelled.")
         raise refused(event, waiting.params)
 

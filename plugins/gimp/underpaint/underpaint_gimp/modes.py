@@ -113,6 +113,29 @@ def _rank(nick: str = "Ran_k by CLIP") -> Arg:
 
 
 RANK = _rank()
+QUALITY, LIVE = "quality", "live"
+
+
+def _sampler(nick: str = "S_ampler") -> Arg:
+    """The sampler setting: the painter's own steps and guidance, or the preset's few-step `live` map."""
+    blurb = (
+        "Quality: the Steps and Guidance set here. Live: the picked preset's few-step sampling (e.g. 2 "
+        "steps at low guidance with the LCM sampler, or its turbo settings), for quick drafts; the "
+        "daemon's help under the preset picker says what it uses"
+    )
+    return Arg("sampler", "choice", nick, blurb, QUALITY, choices=((QUALITY, "Quality"), (LIVE, "Live")))
+
+
+def _loras(nick: str = "LoRA weights (_0)") -> Arg:
+    """The LoRAs of the picked preset and their weights (the dialog shows a row per LoRA instead)."""
+    blurb = (
+        "LoRAs of the picked preset with their weights, as name:weight pairs, e.g. 'ink:0.8, lcm:1' "
+        "(-2 … 2; 0 or left out = off)"
+    )
+    return Arg("loras", "str", nick, blurb, "", param="loras")
+
+
+SAMPLER, LORAS = _sampler(), _loras()
 MODEL = Arg("model", "str", "_Model preset", "Daemon model preset (empty = the daemon's default)", "")
 ENDPOINT = Arg("endpoint", "str", "Daemon _endpoint", "Where the Underpaint daemon listens", DEFAULT_ENDPOINT)
 SERVER_KEY = Arg(
@@ -146,11 +169,12 @@ def _settings(nick: str = "_Family settings") -> Arg:
     )
 
 
-def _tail(rank: Arg = RANK) -> tuple[Arg, ...]:
-    return (SEED, VARIATIONS, rank, _settings(), MODEL, *CONNECTION)
+def _tail(rank: Arg = RANK, sampler: Arg = SAMPLER, loras: bool = True) -> tuple[Arg, ...]:
+    return (SEED, VARIATIONS, rank, sampler, *((LORAS,) if loras else ()), _settings(), MODEL, *CONNECTION)
 
 
 COMMON_TAIL = _tail()
+NO_LORA_TAIL = _tail(loras=False)  # modes whose families take no LoRAs (variation, depth, mix)
 
 # The modes Compare can run on several presets (their parameters are all Compare's own arguments).
 COMPARED = ("generate", "refine", "inpaint", "variation", "depth")
@@ -242,7 +266,7 @@ MODES: tuple[Mode, ...] = (
             _guidance(),
             SOURCE,
             PADDING,
-            *_tail(_rank("Rank _by CLIP")),  # _k is the ControlNet kind's
+            *_tail(_rank("Rank _by CLIP"), _sampler("Sampler (_1)")),  # _k, _a: ControlNet kind, Annotator
         ),
     ),
     Mode(
@@ -275,7 +299,7 @@ MODES: tuple[Mode, ...] = (
             _guidance(),
             SOURCE,
             PADDING,
-            *COMMON_TAIL,
+            *_tail(sampler=_sampler("Sampler (qualit_y or live)")),  # _a is the image guidance's
         ),
     ),
     Mode(
@@ -302,7 +326,7 @@ MODES: tuple[Mode, ...] = (
         "_Variation...",
         "Variation",
         "New pictures like the selection (or the layer), from the model's image encoder; no prompt",
-        (_steps(30), _guidance(), SOURCE, PADDING, *COMMON_TAIL),
+        (_steps(30), _guidance(), SOURCE, PADDING, *NO_LORA_TAIL),
     ),
     Mode(
         "depth",
@@ -325,7 +349,7 @@ MODES: tuple[Mode, ...] = (
             _guidance(),
             SOURCE,
             PADDING,
-            *COMMON_TAIL,
+            *NO_LORA_TAIL,
         ),
     ),
     Mode(
@@ -350,7 +374,7 @@ MODES: tuple[Mode, ...] = (
             _size("height", "He_ight"),
             _steps(30),
             _guidance(4.0),
-            *COMMON_TAIL,
+            *NO_LORA_TAIL,
         ),
         source=SELECTED_LAYERS,
         result=FILL,

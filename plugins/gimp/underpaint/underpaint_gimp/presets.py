@@ -12,6 +12,8 @@ from typing import Any
 
 from .modes import Arg, Mode
 
+LIVE_FALLBACK = {"steps": 4, "guidance_scale": 2.0}  # the Live sampler for a daemon without `live` maps
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -24,6 +26,8 @@ class Preset:
     resolution: int | None = None
     ops: tuple[str, ...] = ()
     op_specs: dict[str, Any] = field(default_factory=dict)
+    loras: tuple[str, ...] = ()  # the LoRA names the preset lists (PROTOCOL.md: welcome.models[].loras)
+    live: dict[str, Any] | None = None  # the params of the "live" sampler setting; None: not said
 
     @classmethod
     def from_wire(cls, entry: dict[str, Any]) -> Preset:
@@ -35,12 +39,19 @@ class Preset:
             resolution=entry.get("resolution"),
             ops=tuple(entry.get("ops") or ()),
             op_specs=dict(entry.get("op_specs") or {}),
+            loras=tuple(str(lora.get("name")) for lora in entry.get("loras") or [] if isinstance(lora, dict)),
+            live=dict(entry["live"]) if isinstance(entry.get("live"), dict) else None,
         )
 
     @property
     def label(self) -> str:
         """`name (family title)`, as lists show it."""
         return f"{self.name} ({self.title})" if self.title else self.name
+
+    def live_params(self) -> dict[str, Any]:
+        """What the Live sampler setting merges into a request: the preset's own `live` map, or few
+        steps and low guidance when the daemon does not say."""
+        return dict(self.live) if self.live is not None else dict(LIVE_FALLBACK)
 
     def runs(self, op: str) -> bool:
         return op in self.ops
@@ -83,7 +94,7 @@ class Catalog:
 
     def family_settings(self, preset: Preset, op: str) -> dict[str, str]:
         """The params only this preset's family takes for `op` -> `name=default, min … max: doc`."""
-        own = self.common.get(op, set()) | {"rank"}  # `rank` has its own box (Rank by CLIP)
+        own = self.common.get(op, set()) | {"rank", "loras"}  # own boxes: Rank by CLIP, LoRA rows
         extra = {n: s for n, s in preset.specs(op).items() if n not in own}
         described = {}
         for name, spec in extra.items():
@@ -156,9 +167,24 @@ def help_text(catalog: Catalog | None, name: str, mode: Mode, op: str, what: str
         head += f", {preset.resolution} px native"
     if not preset.runs(op):
         return Help(f"{head}.", notes=catalog.cannot_run(preset, op, what), runnable=False)
-    skipped = [a.nick.replace("_", "") for a in mode.args if not preset.takes(op, a)]
+    skipped = [a.nick.replace("_", "") for a in mode.args if not preset.takes(op, a) and a.name != "loras"]
     notes = [f"Not used by this preset: {', '.join(skipped)}."] if skipped else []
+    if mode.has("sampler") or mode.key == "live":
+        notes.append(f"Live sampler: {live_text(preset, op)}.")
     extra = catalog.family_settings(preset, op)
     if extra:
         notes.append(f"Family settings it takes: {', '.join(extra)} (hover over Family settings).")
     return Help(f"{head}.", preset.about, "\n".join(notes))
+
+
+def live_text(preset: Preset, op: str) -> str:
+    """What the Live sampler setting sends for `op`, e.g. 'steps=2, guidance_scale=1, scheduler=lcm'."""
+    taken = preset.params(op)
+    words = []
+    for name, value in preset.live_params().items():
+        if taken is not None and name not in taken:
+            continue
+        if name == "loras":
+            value = "+".join(f"{lora.get('name')}:{lora.get('weight', 1)}" for lora in value or [])
+        words.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
+    return ", ".join(words) or "nothing this preset takes"

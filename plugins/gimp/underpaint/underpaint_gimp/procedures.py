@@ -30,6 +30,8 @@ from .connection import remember  # noqa: E402
 from .gimp_io import GimpProgress  # noqa: E402
 from .keys import KeyFiles  # noqa: E402
 from .late import Collected  # noqa: E402
+from .live import PROCEDURE as LIVE_PROCEDURE  # noqa: E402
+from .live import create_live_procedure  # noqa: E402
 from .modes import (  # noqa: E402
     FILL,
     MENU_PATH,
@@ -274,7 +276,7 @@ class UnderpaintPlugIn(Gimp.PlugIn):
     """Registers every mode of `modes.MODES` under Filters > Underpaint."""
 
     def do_query_procedures(self) -> list[str]:
-        return [mode.procedure for mode in MODES] + [late.FETCH, REWORD.procedure]
+        return [mode.procedure for mode in MODES] + [late.FETCH, REWORD.procedure, LIVE_PROCEDURE]
 
     def do_set_i18n(self, name: str) -> bool:
         return False
@@ -284,6 +286,8 @@ class UnderpaintPlugIn(Gimp.PlugIn):
             return late.create_fetch_procedure(self)
         if name == REWORD.procedure:
             return create_reword_procedure(self)
+        if name == LIVE_PROCEDURE:
+            return create_live_procedure(self)
         return create_procedure(self, name)
 
 

@@ -12,13 +12,16 @@ from typing import Any
 
 from underpaint_protocol.regions import Rect
 
-from .modes import COMPARED, MAX_INT, Mode, effective, mode_by_key
-from .presets import Catalog
+from .loras import LoraError, add_loras, parse_loras, wire_loras
+from .modes import COMPARED, LIVE, MAX_INT, QUALITY, Mode, effective, mode_by_key
+from .presets import Catalog, Preset
 from .region import generate_size
 
 MAX_ITEMS = 8  # the daemon's limit on `mix` items
 # Params the plug-in's own arguments set (listing them as settings to type would only confuse).
-_COMMON_HANDLED = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "variations", "rank")
+_COMMON_HANDLED = (
+    "prompt", "negative_prompt", "steps", "guidance_scale", "seed", "variations", "rank", "loras",
+)  # fmt: skip
 
 
 class UserError(Exception):
@@ -46,6 +49,8 @@ class JobRequest:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     not_sent: list[str] = field(default_factory=list)  # params the preset does not take (dropped)
     settings: dict[str, str] = field(default_factory=dict)  # "Family settings", typed by `fit_to_preset`
+    sampler: str = QUALITY  # LIVE: `fit_to_preset` merges the preset's `live` map (then QUALITY)
+    lane: str | None = None  # latest wins (PROTOCOL.md 9.6): Live mode sends every change in one lane
 
 
 def raw(width: int, height: int, channels: int, data: bytes) -> dict[str, Any]:
@@ -84,6 +89,12 @@ def _common(mode: Mode, values: dict[str, Any]) -> dict[str, Any]:
     params["seed"] = pick_seed(int(values.get("seed", -1)), variations)
     if values.get("rank") and variations > 1:  # one picture has nothing to be ranked against
         params["rank"] = True
+    try:
+        loras = wire_loras(parse_loras(str(values.get("loras") or "")))
+    except LoraError as exc:
+        raise UserError(str(exc)) from None
+    if loras:  # none on: no `loras` at all, the preset's untouched base
+        params["loras"] = loras
     return params
 
 
@@ -94,6 +105,7 @@ def build_request(
     the preset's native size, which Generate and Mix paint at when no size is asked."""
     request = _build(mode, values, pixels, resolution)
     request.settings = parse_settings(str(values.get("family-settings") or ""))
+    request.sampler = str(values.get("sampler") or QUALITY)
     return request
 
 
@@ -285,6 +297,9 @@ def fit_to_preset(request: JobRequest, welcome: dict[str, Any]) -> JobRequest:
     """
     check_against_welcome(request, welcome)
     catalog = Catalog.from_welcome(welcome)
+    if request.op != "compare":
+        _check_loras(request, catalog.get(request.model))
+        request = _with_live(request, catalog.get(request.model))
     if request.op == "compare":
         op = str(request.params["op"])
         chosen = [catalog.get(name) for name in request.params["models"]]
@@ -314,3 +329,35 @@ def fit_to_preset(request: JobRequest, welcome: dict[str, Any]) -> JobRequest:
             )
         params[name] = _typed(name, text, spec)
     return replace(request, params=params, images=kept, not_sent=not_sent, settings={})
+
+
+def _with_live(request: JobRequest, preset: Preset | None) -> JobRequest:
+    """The Live sampler setting: the preset's `live` map over the request's params (its `loras` added
+    to the painter's), only the keys this op of the preset takes; done once (then QUALITY)."""
+    if request.sampler != LIVE or preset is None:
+        return request
+    taken = preset.params(request.op)
+    params = dict(request.params)
+    for name, value in preset.live_params().items():
+        if taken is not None and name not in taken:
+            continue
+        if name == "loras":
+            params["loras"] = add_loras(list(params.get("loras") or []), list(value or []))
+        else:
+            params[name] = value
+    return replace(request, params=params, sampler=QUALITY)
+
+
+def _check_loras(request: JobRequest, preset: Preset | None) -> None:
+    """A LoRA the preset does not list (nor its Live sampler adds) is refused here, naming those it has."""
+    wanted = [str(entry.get("name")) for entry in request.params.get("loras") or []]
+    if not wanted or preset is None:
+        return
+    taken = preset.params(request.op)
+    if taken is not None and "loras" not in taken:
+        raise UserError(f"The preset '{preset.name}' takes no LoRAs for {request.op}; set every LoRA to 0.")
+    live = [str(entry.get("name")) for entry in preset.live_params().get("loras") or []]
+    unknown = [name for name in wanted if name not in preset.loras and name not in live]
+    if unknown and taken is not None:
+        has = ", ".join(preset.loras) or "none"
+        raise UserError(f"The preset '{preset.name}' has no LoRA '{unknown[0]}' (its LoRAs: {has}).")
