@@ -212,6 +212,9 @@ class Judge:
             return undocumented("event_re_mismatch", f"{kind}: re {event.get('re')!r:.40}")
         if kind == "progress":
             return self.progress(track, event)
+        if kind == "loading":  # 6.10: a model of the job is loading; before its steps or between them
+            fine = isinstance(event.get("what"), str) and isinstance(event.get("elapsed_s"), (int, float))
+            return ok("job:loading") if fine else undocumented("loading_fields", str(sorted(event))[:60])
         if kind == "cancelled":
             track.end = "cancelled"
             return ok("job:cancelled") if track.cancel_sent else undocumented("cancelled_unasked")

@@ -99,7 +99,7 @@ class Conversation:
         return (
             isinstance(message, dict)
             and message.get("job") in self.tracks
-            and message.get("type") in ("progress", "result", "cancelled", "error")
+            and message.get("type") in ("progress", "loading", "result", "cancelled", "error")
         )
 
     def route(self, message: Any) -> None:
@@ -108,7 +108,7 @@ class Conversation:
             track = self.tracks[message["job"]]
             was_open = track.end is None
             verdict = self.judge.event(track, message)
-            if message.get("type") != "progress":  # when the daemon last sent its final event
+            if message.get("type") not in ("progress", "loading"):  # when the daemon sent its final event
                 track.notes["final_at"] = time.monotonic()
             self.count("event", verdict, {"job": track.job, "case": track.case.label, "event": message})
             if was_open and track.end is not None:

@@ -26,7 +26,7 @@ EXPECTED_REPLY: dict[str, frozenset[str]] = {
 }
 
 # Job events (section 6): they carry `job` and end a job when terminal.
-EVENT_TYPES = frozenset({"progress", "result", "cancelled"})
+EVENT_TYPES = frozenset({"progress", "loading", "result", "cancelled"})
 TERMINAL_TYPES = frozenset({"result", "cancelled", "error"})
 
 # Codes that end an accepted job while it runs (section 5.2); anything else after `accepted` is odd

@@ -97,7 +97,7 @@ CASES = [
     ({"type": "submit"}, "missing_field", "op"),
     (submit(op="melt"), "unknown_op", "op"),
     (submit(op=7), "invalid_type", "op"),
-    (submit(model="sdxl-turbo"), "unknown_model", "model"),
+    (submit(model="sdxl-lightning-9000"), "unknown_model", "model"),
     (submit(params={"steps": "many"}), "invalid_type", "params.steps"),
     (submit(params={"steps": 100000}), "out_of_range", "params.steps"),
     (submit(params={"strength": 1.5}), "out_of_range", "params.strength"),
