@@ -25,6 +25,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from .loading import loading_detail
 from .messages import (
     DEFAULT_ENDPOINT,
     HEARTBEAT_IVL_MS,
@@ -530,22 +531,7 @@ _NOT_EVENTS = frozenset({"ack", "fetched", "loaded", "accepted"})
 
 def loading_text(event: dict[str, Any]) -> str:
     """A `loading` event as one line for a painter: "Loading <what>… 12 s (340 MB of 2.0 GB)"."""
-    line = f"Loading {event.get('what') or 'a model'}\u2026 {float(event.get('elapsed_s') or 0):.0f} s"
-    done, total = event.get("bytes"), event.get("total_bytes")
-    if isinstance(done, int) and isinstance(total, int) and total > 0:
-        line += f" ({_size(done)} of {_size(total)})"
-    elif isinstance(done, int):
-        line += f" ({_size(done)} so far)"
-    elif isinstance(total, int) and total > 0:
-        line += f" ({_size(total)})"
-    return line
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return f"Loading {loading_detail(event)}"
 
 
 def _is_reply(message: dict[str, Any], rid: int) -> bool:

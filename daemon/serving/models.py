@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Iterator, Sequence, Set
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,19 +332,13 @@ class ModelManager:
         """Where a role's weights are, building the generated (tiny, full-size) folders on first use.
         Any thread may ask (submit validation reads tokenizers from here)."""
         source = role_source(preset, role)
-        if source.startswith(TINY_PREFIX):
-            from ..builders.tiny import TINY_VERSION, ensure_tiny
-
-            fam, _, folder = source[len(TINY_PREFIX) :].partition("/")
-            root = self.tiny_root / f"tiny-v{TINY_VERSION}" / fam
-            return str(_built(root, lambda: ensure_tiny(self.tiny_root, fam)) / folder)
-        if source.startswith(FULLSIZE_PREFIX):
-            from ..builders.fullsize import FULLSIZE_VERSION, ensure_fullsize_models
-
-            root = self.tiny_root / f"fullsize-v{FULLSIZE_VERSION}"
-            built = _built(root, lambda: ensure_fullsize_models(self.tiny_root))
-            return str(built / source[len(FULLSIZE_PREFIX) :])
-        return source
+        folder = self._builtin_folder(source)
+        if folder is None:
+            return source
+        if not folder.is_dir():
+            with CONSTRUCTION:  # no other thread constructs or loads modules meanwhile
+                self._build(source)
+        return str(folder)
 
     def _builtin_folder(self, source: str) -> Path | None:
         """Where a generated (tiny, full-size) source lives once built; None for other sources."""
@@ -358,6 +352,17 @@ class ModelManager:
 
             return self.tiny_root / f"fullsize-v{FULLSIZE_VERSION}" / source[len(FULLSIZE_PREFIX) :]
         return None
+
+    def _build(self, source: str) -> None:
+        """Build the generated models `source` names (once; another process may be building too)."""
+        if source.startswith(TINY_PREFIX):
+            from ..builders.tiny import ensure_tiny
+
+            ensure_tiny(self.tiny_root, source[len(TINY_PREFIX) :].partition("/")[0])
+        else:
+            from ..builders.fullsize import ensure_fullsize_models
+
+            ensure_fullsize_models(self.tiny_root)
 
     def _load(self, preset: Preset, role: str) -> Any:
         source = self._source(preset, role)
@@ -395,14 +400,6 @@ def weight_file_bytes(path: Path) -> int:
     if not path.is_dir():
         return 0
     return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file())
-
-
-def _built(folder: Path, build: Callable[[], Path]) -> Path:
-    """`folder` if it exists, else built while no other thread constructs or loads modules."""
-    if folder.is_dir():
-        return folder
-    with CONSTRUCTION:
-        return build()
 
 
 def role_source(preset: Preset, role: str) -> str:

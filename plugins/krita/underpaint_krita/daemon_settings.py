@@ -10,20 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PyQt5.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QToolButton, QWidget
+from PyQt5.QtWidgets import QFileDialog, QLabel, QLineEdit, QPushButton, QToolButton
 
 from .connection import DEFAULT_ENDPOINT, Keys
+from .widgets import hbox
 
 KEY_FILTER = "ZeroMQ keys (*.key *.key_secret);;All files (*)"
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    box = QWidget()
-    layout = QHBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for i, widget in enumerate(widgets):
-        layout.addWidget(widget, 1 if i == 0 else 0)
-    return box
 
 
 class DaemonSettings:
@@ -55,9 +47,9 @@ class DaemonSettings:
             on_connect,
         )
         for label, widget in (
-            ("Daemon", _row(self.endpoint_edit, self.connect_button)),
-            ("Server key", _row(self.server_key_edit, self._browse(self.server_key_edit, "server.key"))),
-            ("Client key", _row(self.client_key_edit, self._browse(self.client_key_edit, "NAME.key_secret"))),
+            ("Daemon", hbox(self.endpoint_edit, self.connect_button)),
+            ("Server key", hbox(self.server_key_edit, self._browse(self.server_key_edit, "server.key"))),
+            ("Client key", hbox(self.client_key_edit, self._browse(self.client_key_edit, "NAME.key_secret"))),
         ):
             tip = QLabel(label)
             tip.setToolTip(widget.layout().itemAt(0).widget().toolTip())

@@ -60,7 +60,7 @@ from .modes import (
 )
 from .panels import ComparePanel, ExtraParams, MixPanel
 from .prompt_keys import WEIGHT_HELP, TextError, WeightKeys
-from .widgets import LayerCombo, Section, UnitWidget, compact, fill_combo
+from .widgets import LayerCombo, Section, UnitWidget, compact, fill_combo, hbox
 
 MAX_SEED = 2**32 - 1
 Layers = Callable[[], list[tuple[str, str]]]
@@ -82,16 +82,6 @@ def _int(low: int, high: int, value: int, tip: str, step: int = 1) -> QSpinBox:
     spin.setValue(value)
     spin.setToolTip(tip)
     return spin
-
-
-def _hbox(*widgets: QWidget) -> QWidget:
-    """Widgets side by side as one field (the first one stretches)."""
-    box = QWidget()
-    layout = QHBoxLayout(box)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for i, widget in enumerate(widgets):
-        layout.addWidget(widget, 1 if i == 0 else 0)
-    return box
 
 
 class Rows(QGridLayout):
@@ -242,12 +232,12 @@ class Form:
         self.seed_edit.setToolTip("the seed: the same seed, model and parameters repeat the picture")
         self.seed_edit.setMinimumWidth(40)
         self.random_seed_check.toggled.connect(lambda on: self.seed_edit.setEnabled(not on))
-        self._add_row(form, SEED, "Seed", _hbox(self.seed_edit, self.random_seed_check))
+        self._add_row(form, SEED, "Seed", hbox(self.seed_edit, self.random_seed_check))
         self.last_seed_label = QLabel("last: -")
         self.last_seed_label.setToolTip("the seed of the last result (Reuse copies it into Seed)")
         self.reuse_seed_button = QPushButton("Reuse")
         self.reuse_seed_button.setToolTip("fix the seed to the last one used, to vary only the prompt")
-        self._add_row(form, SEED, "", _hbox(self.last_seed_label, self.reuse_seed_button))
+        self._add_row(form, SEED, "", hbox(self.last_seed_label, self.reuse_seed_button))
 
     def _build_advanced(self, layout: QVBoxLayout) -> None:
         """Source, steps, guidance, sampler, the region's size, context and edges, and the daemon."""

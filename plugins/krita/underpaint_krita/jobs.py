@@ -14,6 +14,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol.loading import loading_detail
+
 
 class JobState(enum.Enum):
     SUBMITTING = "submitting"
@@ -116,16 +118,4 @@ class Job:
 
 def loading_text(loading: dict[str, Any]) -> str:
     """'loading the UNet of sd15… 12 s (1.2 of 3.4 GB)': what a `loading` event tells the painter."""
-    text = f"loading {loading.get('what') or 'the model'}\u2026 {float(loading.get('elapsed_s') or 0):.0f} s"
-    done, total = loading.get("bytes"), loading.get("total_bytes")
-    if isinstance(done, int) and isinstance(total, int) and total > 0:
-        text += f" ({_size(done)} of {_size(total)})"
-    elif isinstance(done, int):
-        text += f" ({_size(done)} so far)"
-    elif isinstance(total, int) and total > 0:
-        text += f" ({_size(total)})"
-    return text
-
-
-def _size(count: int) -> str:
-    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
+    return f"loading {loading_detail(loading)}"

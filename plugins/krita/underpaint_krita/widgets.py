@@ -14,6 +14,7 @@ from PyQt5.QtWidgets import (
     QDoubleSpinBox,
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QSizePolicy,
     QToolButton,
@@ -22,6 +23,16 @@ from PyQt5.QtWidgets import (
 )
 
 from .modes import UnitForm
+
+
+def hbox(*widgets: QWidget) -> QWidget:
+    """Widgets side by side as one field (the first one stretches)."""
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for i, widget in enumerate(widgets):
+        layout.addWidget(widget, 1 if i == 0 else 0)
+    return box
 
 
 def compact(combo: QComboBox, chars: int = 6) -> QComboBox:
