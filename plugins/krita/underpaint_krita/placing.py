@@ -102,6 +102,7 @@ def place_result(krita: Any, context: JobContext, result: dict[str, Any], welcom
         "source": context.capture.source,
         "source_layers": context.capture.source_layers,
         "region": context.capture.region.as_list(),
+        "stamp": round(time.time(), 3),  # one per job: its pictures stay in seed order in the history strip
     }
     if context.reword_of:
         extra["reword_of"] = context.reword_of
