@@ -4,7 +4,8 @@ Sections: 1 daemon overhead, 2 transfer, 3 warm model and op switches, 4 cancel 
 5 many clients, 6 GPU (only where torch.cuda.is_available()), 7 model families side by side,
 8 prompts (a weighted, long prompt against a plain one), 9 reword (Prompt-to-Prompt against the plain job),
 10 workers (1 vs 2 workers, local and Ray; Ray's per-job cost; the front end's message rate),
-11 live (a scripted painter in one "latest wins" lane: last change to its result, jobs superseded).
+11 live (a scripted painter in one "latest wins" lane: last change to its result, jobs superseded),
+12 Krita live polling (opt-in, needs Krita: what Live's per-tick canvas check costs on a big canvas).
 Exit status 1 when a hard check fails (pixels differ, a job is lost, a cancelled job delivers a
 result); missed targets are reported, not fatal, because timings on a shared machine are noisy.
 """
@@ -106,7 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "~/.cache/underpaint/models, like the daemon's --build-dir)",
     )
     p.add_argument(
-        "--sections", default="1,2,3,4,5,6,7,8,9,10,11", help="comma-separated sections to run (default: all)"
+        "--sections",
+        default="1,2,3,4,5,6,7,8,9,10,11",
+        help="comma-separated sections to run (default: 1-11; add 12 where Krita is installed)",
     )
     return p.parse_args(argv)
 
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     run.live_painting(report, plan, sections, models_dir, env)
     gc.collect()
+    run.krita_polling(report, plan, sections)
     base_dir = None
     if args.fullsize and not args.quick:
         base_dir = run.fullsize(report, plan, sections, models_dir, env)

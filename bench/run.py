@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from underpaint.daemon.commands.launch import running_daemon
 
-from . import cancel, clients, families, live, overhead, pool, prompts, reword, transfer, warm
+from . import cancel, clients, families, krita_poll, live, overhead, pool, prompts, reword, transfer, warm
 from .common import PROMPT, SEED, Report, client_for, secs, timed
 from .echo import running_echo
 
@@ -143,6 +143,12 @@ def live_painting(
         client = stack.enter_context(client_for(daemon.endpoint))
         live.measure(report, client, plan.quick)
         report.check("live daemon survived", daemon.alive())
+
+
+def krita_polling(report: Report, plan: Plan, sections: set[int]) -> None:
+    """Section 12, opt-in: Live's polling inside a real Krita (no daemon needed)."""
+    if 12 in sections:
+        krita_poll.measure(report, plan.quick)
 
 
 def fullsize(report: Report, plan: Plan, sections: set[int], models_dir: Path, env: dict[str, str]) -> Path:

@@ -1982,6 +1982,9 @@ def test_krita_live_mode_loras_and_live_sampler(
     lost = res["lost"]
     assert lost["sent_while_lost"] == 0 and lost["still_on"] and "Internal error" not in lost["message"], lost
     assert lost["placed_after"] >= 1 and lost["live_layers_after_off"] == 0, lost
+    stack = res["stack"]
+    assert len(stack["layers"]) >= 6 and stack["sent_for_background"] == 1, stack
+    assert stack["reads_max"] <= 2 and stack["background_in_input"], stack
     fast = records[res["live_sampler"]["uuid"]]["params"]
     for name in ("steps", "guidance_scale", "scheduler"):
         if name in live_map:
@@ -2023,3 +2026,26 @@ def test_lora_and_live_sampler_params(plugin: Any) -> None:
     started = {"type": "progress", "job": "j3", "step": 1, "total": 4}
     assert waiting.handle(started) == "progress" and waiting.loading is None
     assert waiting.handle({"type": "teleport", "job": "j3"}) is None  # unknown events are ignored
+
+
+def test_krita_live_polling_bench_section(krita_binary: str, tmp_path: Path) -> None:
+    """bench section 12 (opt-in there, run here where Krita is sure to be installed): Live's per-tick
+    canvas check inside real Krita reads at most two layers per tick after the first, still sees a
+    stroke at the next tick and a change on another layer within as many ticks as there are layers."""
+    raw = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--sections", "12", "--json", str(raw)],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(raw.read_text())
+    checks = result["checks"]
+    assert len(checks) == 4 and all(checks.values()), checks
+    poll = result["data"]["krita_poll"]
+    assert max(poll["reads"][1:]) <= 2 and poll["reads"][0] == poll["layers"], poll
+    assert len(poll["baseline_ms"]) == len(poll["fingerprint_ms"]) >= 4, poll
+    assert any(row["section"] == "12. Krita live polling" for row in result["rows"]), result["rows"]

@@ -315,3 +315,31 @@ def scenario(ctx: Any):
     docker.live_button.click()
     yield 0.3
     res["lost"]["live_layers_after_off"] = len(live_layers(doc))
+
+    # 6. A deeper stack: each tick reads the painter's layer and one other, and a change on a layer the
+    # painter is not on (here the background, under several others) still sends a job.
+    for name in ("Extra 1", "Extra 2"):
+        add_paint_layer(doc, name, bytes(doc.width() * doc.height() * 4), sketch)
+    for g in group:
+        g.setVisible(False)  # the results made above cover the background
+    doc.setActiveNode(paint)
+    doc.refreshProjection()
+    yield 0.3
+    docker.live_button.click()
+    live = docker.live
+    yield ctx.wait(lambda: live.counts["placed"] >= 1 and live.seen == live.sent, 60, "a live result")
+    yield 0.5
+    sent, placed = live.counts["sent"], live.counts["placed"]
+    fill_rect(doc, background, (0, 0, 30, 30), (10, 200, 10, 255))
+    yield ctx.wait(
+        lambda: live.counts["placed"] > placed, 60, f"a live result for the background ({live.stats()})"
+    )
+    res["stack"] = {
+        "layers": [n.name() for n in doc.rootNode().childNodes()],
+        "sent_for_background": live.counts["sent"] - sent,
+        "reads_max": live.stats()["reads_max"],
+        "reads": live.watch.reads[:3],
+        "background_in_input": bytes(live.last_sent["image"]["data"][:4]) == bytes((10, 200, 10, 255)),
+    }
+    docker.live_button.click()
+    yield 0.3

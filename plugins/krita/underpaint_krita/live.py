@@ -11,11 +11,9 @@ moves when the canvas does. The live layer is hidden while the input is read: it
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from krita import Krita
@@ -25,6 +23,7 @@ from . import presets
 from .document import Capture, capture, document_problem, find_node, selection_bounds
 from .jobs import loading_text
 from .layers import Target, alive, layers_of, patch_pixels, save_records, target_for
+from .live_fingerprint import Fingerprint
 from .modes import FormValues, build_params, live_setting, validate
 from .progress import Progress, expected
 from .protocol.regions import Rect, job_region, placement
@@ -81,6 +80,7 @@ class LiveSession:
         self.placed_at = 0.0  # monotonic time the live layer last changed
         self.job_seconds = 0.0  # submit to result of the job shown
         self.poll_ms: list[float] = []  # what each tick's fingerprint cost (the price of polling)
+        self.watch = Fingerprint()
         self.painter_layer: Any = doc.activeNode()  # given back when Krita activates the live layer
         self.last_sent: dict[str, Any] = {}  # the newest job's params and input (for scripts and tests)
         self.timer = QTimer(docker)
@@ -106,22 +106,11 @@ class LiveSession:
         doc = self.doc
         canvas = Rect(0, 0, int(doc.width()), int(doc.height()))
         region = job_region(selection_bounds(doc), canvas, form.padding)
-        digest = hashlib.blake2b(digest_size=16)
-        active = doc.activeNode() if form.source == "layer" else None
-        what = [region.as_list(), asdict(form), active.uniqueId().toString() if active is not None else ""]
-        digest.update(json.dumps(what, sort_keys=True, default=str).encode())
-        if doc.selection() is not None:
-            digest.update(bytes(doc.selection().pixelData(region.x, region.y, region.width, region.height)))
         nodes = [n for n in layers_of(doc.rootNode()) if not self._is_live(n)]
         if form.mode == "controlnet":  # a hidden sketch layer inside a group counts too
-            nodes += [find_node(doc, unit.layer_id) for unit in form.active_units()]
-        for node in nodes:
-            if node is None:
-                continue
-            digest.update(f"{node.uniqueId().toString()} {node.visible()} {node.opacity()}".encode())
-            digest.update(node.blendingMode().encode())
-            digest.update(bytes(node.projectionPixelData(region.x, region.y, region.width, region.height)))
-        return digest.digest()
+            units = [find_node(doc, unit.layer_id) for unit in form.active_units()]
+            nodes += [n for n in units if n is not None and not any(n == m for m in nodes)]
+        return self.watch(doc, form, region, nodes)
 
     # -- the timer -------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -135,10 +124,11 @@ class LiveSession:
                 return
             self._give_back_active()
             form = self.live_form()
-            self.timer.setInterval(max(50, int(form.live_delay)))
             started = time.perf_counter()
             now = self.fingerprint(form)
             self.poll_ms.append((time.perf_counter() - started) * 1000)
+            # Polling takes at most a fifth of Krita's time, however big the canvas.
+            self.timer.setInterval(max(50, int(form.live_delay), int(4 * self.poll_ms[-1])))
             settled, self.seen = now == self.seen, now
             if settled and now != self.sent:
                 self.send(form, now)
@@ -336,6 +326,7 @@ class LiveSession:
             "polls": len(self.poll_ms),
             "poll_ms_median": round(polls[len(polls) // 2], 2),
             "poll_ms_max": round(polls[-1], 2),
+            "reads_max": max(self.watch.reads[1:], default=0),  # layers read per tick after the first
         }
 
     def layer(self) -> Any:
