@@ -1985,6 +1985,9 @@ def test_krita_live_mode_loras_and_live_sampler(
     stack = res["stack"]
     assert len(stack["layers"]) >= 6 and stack["sent_for_background"] == 1, stack
     assert stack["reads_max"] <= 2 and stack["background_in_input"], stack
+    busy = res["generate_while_live"]
+    assert busy["state"] == "done" and busy["paused_ticks"] >= 1, busy
+    assert busy["sent_while_busy"] == 0 and busy["sent_after"] >= 1, busy
     fast = records[res["live_sampler"]["uuid"]]["params"]
     for name in ("steps", "guidance_scale", "scheduler"):
         if name in live_map:

@@ -341,5 +341,28 @@ def scenario(ctx: Any):
         "reads": live.watch.reads[:3],
         "background_in_input": bytes(live.last_sent["image"]["data"][:4]) == bytes((10, 200, 10, 255)),
     }
+
+    # 7. Generate while Live is on: its preview is not the painter's change (Live waits), its result is.
+    busy_at_send: list[bool] = []
+    send = live.send
+
+    def spy(*args: Any) -> None:
+        busy_at_send.append(docker.is_busy())
+        send(*args)
+
+    live.send = spy
+    yield ctx.wait(lambda: live.seen == live.sent, 30, "Live to settle")
+    sent = live.counts["sent"]
+    entry = yield from generate(ctx, docker, "generate", prompt="a red fox", steps=cfg["steps"], seed=7)
+    during = list(busy_at_send)
+    yield ctx.wait(
+        lambda: live.counts["sent"] > sent and live.seen == live.sent, 30, "a live job after Generate"
+    )
+    res["generate_while_live"] = {
+        "state": entry["state"],
+        "sent_while_busy": sum(during),
+        "paused_ticks": live.counts["paused"],
+        "sent_after": live.counts["sent"] - sent,
+    }
     docker.live_button.click()
     yield 0.3

@@ -72,7 +72,9 @@ class LiveSession:
         self.jobs: list[Any] = []
         self.seq = 0
         self.placed_seq = 0
-        self.counts = {"sent": 0, "superseded": 0, "placed": 0, "failed": 0, "stale": 0, "loading": 0}
+        self.counts = dict.fromkeys(
+            ("sent", "superseded", "placed", "failed", "stale", "loading", "paused"), 0
+        )
         self.seen: bytes | None = None  # the input's hash at the last tick
         self.sent: bytes | None = None  # the input's hash of the last job sent
         self.error = ""
@@ -121,6 +123,9 @@ class LiveSession:
                 return
             connection = self.docker.connection
             if connection.state.name != "CONNECTED" or document_problem(self.doc):
+                return
+            if self.docker.is_busy():  # a Generate job's preview is not the painter's change: its result is
+                self.counts["paused"] += 1
                 return
             self._give_back_active()
             form = self.live_form()
