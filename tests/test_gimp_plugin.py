@@ -2269,3 +2269,29 @@ def test_gimp_live_follows_painting_on_the_canvas(gimp: GimpEnv, lora_daemon) ->
     selection = _gray(out, "gui-selection.y", w, h)
     assert np.array_equal(_patch_render(lora_daemon.endpoint, stored, canvas, selection), kept)
     assert not np.array_equal(_patch_render(lora_daemon.endpoint, stored, _original(), selection), kept)
+
+
+def test_gimp_live_watches_what_shows_through(gimp: GimpEnv) -> None:
+    """Live's canvas watch in real GIMP 3 (tests/gimp/live_below.py): where the source layer is
+    transparent, a change on a layer below it (a group's child too, or a visibility switch) changes the
+    fingerprint within as many ticks as there are layers below, one layer read per tick; where the
+    source is opaque nothing below is read, and a change there is no change."""
+    out = gimp.work / "live-below"
+    out.mkdir()
+    script = gimp.work / "live_below.py"
+    script.write_bytes((HERE / "gimp" / "live_below.py").read_bytes())
+    plugin_dir = gimp.home / ".config" / "GIMP" / "3.0" / "plug-ins" / "underpaint"
+    spec = {"plugin_dir": gimp.inside(plugin_dir), "out": gimp.inside(out)}
+    (out / "spec.json").write_text(json.dumps(spec))
+    argv = gimp_chroot.gimp_batch_argv(gimp.inside(script))
+    run, where = gimp.run(argv, {"UNDERPAINT_LIVE_SPEC": gimp.inside(out / "spec.json")}, out)
+    result_file = out / "result.json"
+    assert result_file.is_file(), f"no result.json; {where}"
+    res = json.loads(result_file.read_text())
+    assert res["done"], f"{res.get('exception')}\n{where}"
+    assert res["stable"] and res["reads_first"] == 3, res
+    for key in ("background_seen_at", "group_child_seen_at"):
+        assert res[key] is not None and res[key] <= 3, (key, res)
+    assert res["visibility_seen_at"] == 1 and res["source_seen_at"] == 1, res
+    assert max(res["reads_after_first"]) <= 1, res
+    assert res["hidden_change_seen_at"] is None and res["reads_while_opaque"] == 0, res

@@ -4,8 +4,9 @@ A GIMP plug-in runs in its own process and may keep a dialog open while GIMP sta
 paints on the canvas, and the dialog's GLib timer reads the source layer through the PDB, sends each
 settled change (debounced) as an `sdedit` job in one lane (latest wins, PROTOCOL.md 9.6) with a fixed
 seed and the preset's Live sampler, and writes the newest result into one "Underpaint live" layer
-above the source. The live layer is never read back (only the source layer is). Keep copies it into
-the Underpaint group as a normal result layer with its parameters; closing the dialog removes it.
+above the source. The live layer is never read back (only the source layer and, where it is not
+opaque, the layers below it are). Keep copies it into the Underpaint group as a normal result layer
+with its parameters; closing the dialog removes it.
 Non-interactive calls do one step each (`action`: update, keep, stop), for scripts and shortcuts.
 """
 
@@ -27,6 +28,7 @@ from .connection import remember  # noqa: E402
 from .gimp_io import GimpProgress, add_result_layers  # noqa: E402
 from .image_jobs import parasite_bytes  # noqa: E402
 from .keys import KeyFiles  # noqa: E402
+from .live_below import BelowWatch  # noqa: E402
 from .live_state import LANE, LIVE, LIVE_LAYER, LIVE_MARK, input_key  # noqa: E402
 from .modes import LIVE as LIVE_SAMPLER  # noqa: E402
 from .modes import MENU_PATH, mode_by_key  # noqa: E402
@@ -36,9 +38,11 @@ from .reading import (  # noqa: E402
     drawable_rect,
     image_rect,
     layer_type,
+    opaque,
     read_mask,
     read_rgba,
     selection_rect,
+    shows_as_is,
 )
 from .region import crop_region  # noqa: E402
 from .request import JobRequest, Pixels, UserError, build_request  # noqa: E402
@@ -97,6 +101,7 @@ class LiveCanvas:
 
     def __init__(self, image: Gimp.Image, source: Gimp.Drawable) -> None:
         self.image, self.source = image, source
+        self.below = BelowWatch()
 
     def _check(self) -> None:
         if not self.image.is_valid() or not self.source.is_valid():
@@ -104,8 +109,9 @@ class LiveCanvas:
 
     def fingerprint(self, values: dict[str, Any]) -> str:
         """What a live job would be made of, cheaply: the source layer's own pixels over the area it
-        would send, the selection there, and the settings (read every tick; compositing what shows
-        through a transparent source is left to `read`, once a change is due)."""
+        would send, the selection there and the settings, read every tick; where the source is not
+        opaque, the layers below it too, a layer per tick (live_below.py). Compositing them is left to
+        `read`, once a change is due."""
         self._check()
         selection = selection_rect(self.image)
         area = crop_region(image_rect(self.image), selection, drawable_rect(self.source),
@@ -113,7 +119,10 @@ class LiveCanvas:
         if area.empty:
             raise UserError("Live: the selection and the layer do not overlap the image.")
         mask = read_mask(self.image, area) if selection is not None else None
-        return input_key(read_rgba(self.source, area), mask, {**values, "area": area.as_list()})
+        pixels = read_rgba(self.source, area)
+        seen_alone = opaque(pixels) and shows_as_is(self.source)
+        below = "" if seen_alone else self.below.key(self.image, self.source, area)
+        return input_key(pixels, mask, {**values, "area": area.as_list(), "below": below})
 
     def read(self, values: dict[str, Any]) -> Pixels:
         """The source as a live job sends it (as the painter sees it)."""

@@ -59,7 +59,7 @@ def opaque(rgba: bytes) -> bool:
     return alpha.count(255) == len(alpha)
 
 
-def _shows_as_is(drawable: Gimp.Drawable) -> bool:
+def shows_as_is(drawable: Gimp.Drawable) -> bool:
     """A layer whose pixels are what the canvas shows of it (no mask, full opacity)."""
     if not drawable.is_layer():
         return True
@@ -82,7 +82,7 @@ def read_seen(image: Gimp.Image, drawable: Gimp.Drawable | None, region: Rect) -
             layer.delete()
     else:
         data = _read(drawable, region, RGBA)
-    if opaque(data) and (drawable is None or _shows_as_is(drawable)):
+    if opaque(data) and (drawable is None or shows_as_is(drawable)):
         return data
     return _composited(image, drawable, region)
 
