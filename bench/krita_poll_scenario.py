@@ -49,12 +49,12 @@ def scenario(ctx: Any):
     doc.refreshProjection()
     yield 0.5
     form, region, watch = FormValues(mode="refine"), Rect(0, 0, size, size), Fingerprint()
-    first_ms = ms_of(lambda: watch(doc, form, region, nodes))
+    first_ms = ms_of(lambda: watch(doc, form, region, nodes, None))
     base, new = [], []
     for i in range(reps):  # alternate which goes first, so drift cancels out
         pair = [
             lambda: base.append(ms_of(lambda: read_all(nodes, region))),
-            lambda: new.append(ms_of(lambda: watch(doc, form, region, nodes))),
+            lambda: new.append(ms_of(lambda: watch(doc, form, region, nodes, None))),
         ]
         for run in pair if i % 2 == 0 else pair[::-1]:
             run()
@@ -62,12 +62,12 @@ def scenario(ctx: Any):
 
     # What polling must still see: a stroke on the painter's layer at the next tick, a change on a
     # layer the painter is not on within as many ticks as there are layers.
-    quiet = watch(doc, form, region, nodes)
+    quiet = watch(doc, form, region, nodes, None)
     nodes[-1].setPixelData(bytes(4 * 16 * 16), 10, 10, 16, 16)
-    stroke_next_tick = watch(doc, form, region, nodes) != quiet
-    quiet = watch(doc, form, region, nodes)
+    stroke_next_tick = watch(doc, form, region, nodes, None) != quiet
+    quiet = watch(doc, form, region, nodes, None)
     nodes[0].setPixelData(bytes(4 * 16 * 16), 40, 40, 16, 16)
-    seen_at = next((t + 1 for t in range(count + 1) if watch(doc, form, region, nodes) != quiet), None)
+    seen_at = next((t + 1 for t in range(count + 1) if watch(doc, form, region, nodes, None) != quiet), None)
     ctx.results.update(
         size=size,
         layers=count,

@@ -103,7 +103,7 @@ def load_config(user_file: Path | None = None, models_dir: Path | None = None) -
     if user_file is not None:
         with Path(user_file).open("rb") as f:
             user = tomllib.load(f)
-        _anchor(user.get("presets", {}), Path(user_file).resolve().parent)
+        _anchor(user, Path(user_file).resolve().parent)
         raw = _merge(raw, user)
     presets = {name: _preset(name, entry) for name, entry in raw.get("presets", {}).items()}
     default = raw.get("default", next(iter(presets), ""))
@@ -122,26 +122,36 @@ def load_config(user_file: Path | None = None, models_dir: Path | None = None) -
     return Config(default=default, presets=presets, unusable=unusable)
 
 
-def _anchor(presets: Any, folder: Path) -> None:
-    """Relative file and folder paths of the user's presets (weights, configs, ControlNets, LoRAs)
-    are read from the config file's folder, as a painter writing `loras/ink.safetensors` beside the
-    file means, whatever folder the daemon was started from. Hub ids and paths that do not exist there
-    stay as written."""
+def _anchored(value: Any, folder: Path) -> Any:
+    """A relative path that exists under `folder`, made absolute; anything else as written."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("@"):
+        return value
+    path = folder / value
+    return str(path) if path.exists() else value
 
-    def anchored(value: Any) -> Any:
-        if not isinstance(value, str) or not value or Path(value).is_absolute() or value.startswith("@"):
-            return value
-        path = folder / value
-        return str(path) if path.exists() else value
 
+def _anchor(user: dict[str, Any], folder: Path) -> None:
+    """Relative file and folder paths of the user's file (preset weights, configs, ControlNets, LoRAs;
+    the model folder and its configs) are read from the config file's folder, as a painter writing
+    `loras/ink.safetensors` beside the file means, whatever folder the daemon was started from. Hub ids
+    and paths that do not exist there stay as written."""
+    presets = user.get("presets", {})
     for entry in presets.values() if isinstance(presets, dict) else ():
         if not isinstance(entry, dict):
             continue
         for key, value in entry.items():
             if isinstance(value, dict) and key in ("controlnets", "loras"):
-                entry[key] = {name: anchored(v) for name, v in value.items()}
+                entry[key] = {name: _anchored(v, folder) for name, v in value.items()}
             elif key not in SETTINGS or key == "config":
-                entry[key] = anchored(value)
+                entry[key] = _anchored(value, folder)
+    where = user.get("models_dir")
+    if isinstance(where, str):
+        user["models_dir"] = _anchored(where, folder)
+    elif isinstance(where, dict):
+        if "path" in where:
+            where["path"] = _anchored(where["path"], folder)
+        if isinstance(where.get("configs"), dict):
+            where["configs"] = {fam: _anchored(v, folder) for fam, v in where["configs"].items()}
 
 
 def _preset(name: str, entry: dict[str, Any]) -> Preset:

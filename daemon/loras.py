@@ -106,9 +106,9 @@ def activate(pipe: Any, loras: Sequence[dict[str, Any]]) -> None:
 
     active = {lora["name"]: lora["weight"] for lora in loras if lora["weight"] != 0}
     for attr, module in hosts(pipe).items():
-        present = [name for name in active if name in (getattr(module, "peft_config", None) or {})]
         if not getattr(module, "peft_config", None):
             continue
+        present = [name for name in active if name in module.peft_config]
         text = attr in TEXT_ENCODERS
         if not present:
             disable_lora_for_text_encoder(module) if text else module.disable_lora()

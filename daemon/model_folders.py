@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,7 +304,7 @@ def _presets(
             )
         else:
             old = presets[owner]
-            presets[owner] = _replace(old, sources={**old.sources, ckpt.role: str(ckpt.path)})
+            presets[owner] = replace(old, sources={**old.sources, ckpt.role: str(ckpt.path)})
     _attach(presets, widths, [f for f in found if f.kind == "lora"], "loras", unusable)
     _attach(presets, widths, [f for f in found if f.kind == "controlnet"], "controlnets", unusable)
     presets = {name: _with_live(preset) for name, preset in presets.items()}
@@ -364,7 +364,7 @@ def _attach(
             table = dict(getattr(presets[n], what))
             label = _controlnet_kind(item.path) if what == "controlnets" else _lora_name(item.path)
             table[_unique(label, set(table))] = str(item.path)
-            presets[n] = _replace(presets[n], **{what: table})
+            presets[n] = replace(presets[n], **{what: table})
 
 
 def _takes(family: str, what: str) -> bool:
@@ -385,7 +385,7 @@ def _with_live(preset: Preset) -> Preset:
         sampler = next((s for s in ("lcm", "tcd") if s in re.split(r"[^a-z0-9]+", name.lower())), "")
         if sampler:
             live = {"steps": 4, "guidance_scale": 1.0, "scheduler": sampler}
-            return _replace(preset, live={**live, "loras": [{"name": name, "weight": 1.0}]})
+            return replace(preset, live={**live, "loras": [{"name": name, "weight": 1.0}]})
     return preset
 
 
@@ -427,9 +427,3 @@ def _key(path: Path) -> str:
 
 def _why(item: ModelFile, reason: str) -> dict[str, str]:
     return {"path": str(item.path), "reason": reason}
-
-
-def _replace(preset: Preset, **changes: Any) -> Preset:
-    from dataclasses import replace
-
-    return replace(preset, **changes)

@@ -11,15 +11,16 @@ def loading_detail(event: dict[str, Any]) -> str:
     line = f"{event.get('what') or 'the model'}\u2026 {float(event.get('elapsed_s') or 0):.0f} s"
     done, total = event.get("bytes"), event.get("total_bytes")
     if isinstance(done, int) and isinstance(total, int) and total > 0:
-        line += f" ({_size(done)} of {_size(total)})"
+        line += f" ({byte_size(done)} of {byte_size(total)})"
     elif isinstance(done, int):
-        line += f" ({_size(done)} so far)"
+        line += f" ({byte_size(done)} so far)"
     elif isinstance(total, int) and total > 0:
-        line += f" ({_size(total)})"
+        line += f" ({byte_size(total)})"
     return line
 
 
-def _size(n: int) -> str:
+def byte_size(n: int) -> str:
+    """Bytes as a person reads them: "340.0 MB"."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"

@@ -2012,8 +2012,9 @@ def test_lora_and_live_sampler_params(plugin: Any) -> None:
     no_loras = {"params": {"prompt": {}, "steps": {}}}
     assert "loras" not in modes.build_params(form, spec=no_loras, live=live)
     assert "loras" not in modes.build_params(modes.FormValues(mode="refine"), spec=spec)
-    assert modes.live_setting({}) == {"steps": 4, "guidance_scale": 2.0}  # a daemon without `live`
-    assert modes.live_setting({"live": {"steps": 1}}) == {"steps": 1}
+    live_setting = sub(plugin, "protocol.live").live_setting  # the vendored protocol's, shared with GIMP
+    assert live_setting({}) == {"steps": 4, "guidance_scale": 2.0}  # a daemon without `live`
+    assert live_setting({"live": {"steps": 1}}) == {"steps": 1}
     stored = modes.form_values({"loras": [{"name": "a", "weight": 9}, {"weight": 1}, "x"], "speed": "warp"})
     assert stored.loras == [{"name": "a", "weight": 2.0}] and stored.speed == "auto"
     job = jobs.Job(rid=1, op="sdedit", job_id="j1", state=jobs.JobState.RUNNING)

@@ -176,6 +176,19 @@ def test_a_comfyui_tree_with_a_diffusers_folder_and_a_quick_rescan(trees: dict[s
     assert len(found.presets) == 2 and time.monotonic() - started < 1.5
 
 
+def test_a_relative_model_folder_is_read_from_the_config_files_folder(
+    trees: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = trees["config"].parent
+    where = trees["webui"].relative_to(root)
+    config_file = root / "relative.toml"
+    config_file.write_text(
+        trees["config"].read_text().replace("[models_dir]\n", f'[models_dir]\npath = "{where}"\n')
+    )
+    monkeypatch.chdir(tmp_path)  # the daemon started from another folder
+    assert sorted(_scanned(load_config(config_file), trees["webui"])) == [SD15, "juggernautXL"]
+
+
 def test_trusted_pickles_become_presets_and_bad_folders_are_refused(
     trees: dict[str, Path],
     tmp_path: Path,

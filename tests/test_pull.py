@@ -172,3 +172,5 @@ def test_weight_files_are_chosen_as_loading_reads_them() -> None:
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors.index.json",
     ]
+    # a single file's configs repo: every folder's configs, no weights
+    assert _choose(sharded, "", None, "configs") == _choose(sharded, "unet", None, "configs")

@@ -205,3 +205,23 @@ def test_nothing_is_fetched_and_loading_a_file_is_fast(
     with pytest.raises(DaemonError) as err:  # the trap works: a hub id as `config` does go online
         _txt2img(client, "hub-config-sd15")
     assert err.value.code == "model_unavailable" and seen, seen
+
+
+def test_a_controlnet_file_without_configs_goes_to_diffusers_as_it_is(tmp_path: Path) -> None:
+    """A single-file ControlNet in a preset without `config` (a scanned A1111 folder without
+    `[models_dir] configs`) is handed to diffusers, which picks its own configs: offline here, it says
+    which file it lacks; the preset's own code never fails on the missing `config`."""
+    import dataclasses
+
+    import torch
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    from underpaint.daemon.config import load_config
+    from underpaint.daemon.families.base import load_model
+
+    file = tmp_path / "control_canny.safetensors"
+    save_file({"control_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, str(file))
+    preset = dataclasses.replace(load_config(None).presets["tiny"], single_file_config=None)
+    with pytest.raises(OSError, match="config.json"):
+        load_model(ControlNetModel, preset, str(file), torch.float32)

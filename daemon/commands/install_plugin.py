@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parents[1]  # the daemon/ folder
-PROTOCOL_FILES = ("__init__.py", "client.py", "loading.py", "messages.py", "regions.py", "PROTOCOL.md")
+PROTOCOL_FILES = (
+    "__init__.py",
+    "client.py",
+    "live.py",
+    "loading.py",
+    "messages.py",
+    "regions.py",
+    "PROTOCOL.md",
+)
 KRITA_NAME = "underpaint_krita"
 GIMP_NAME = "underpaint"
 

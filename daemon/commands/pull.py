@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...protocol.loading import byte_size
 from ..config import FULLSIZE_PREFIX, TINY_PREFIX, Config, Preset, data_home
 from ..serving.loading import is_hub_id
 
@@ -182,7 +183,7 @@ def _pull(fetch: Fetch, hub: Hub, models_root: Path) -> str:
         from ..serving.models import weight_file_bytes
 
         kind = "file" if path.is_file() else "folder"
-        return f"local {kind} {path} ({_size(weight_file_bytes(path))} of weights)"
+        return f"local {kind} {path} ({byte_size(weight_file_bytes(path))} of weights)"
     if not is_hub_id(source):
         raise PullError(f"{source}: no such file or folder, and not a hub repo id (org/name)")
     reason = hub.reason()
@@ -194,7 +195,7 @@ def _pull(fetch: Fetch, hub: Hub, models_root: Path) -> str:
     else:
         folder = _folders(fetch, local_only)
     where = f"in the cache (not checked against the hub: {reason})" if reason else "in the cache, up to date"
-    return f"{source}: {where}, {_size(_snapshot_bytes(folder))}"
+    return f"{source}: {where}, {byte_size(_snapshot_bytes(folder))}"
 
 
 def _pipeline(fetch: Fetch, local_only: bool) -> Path:
@@ -245,10 +246,10 @@ def _choose(files: list[str], folder: str, variant: str | None, how: str) -> lis
     files) and one set of weights: the variant's safetensors, else plain safetensors, else the
     variant's .bin, else plain .bin (what diffusers and transformers prefer)."""
     prefix = f"{folder}/" if folder else ""
+    if how == "configs":  # from_single_file reads the configs of every sub-folder of the repo
+        return sorted(f for f in files if f.startswith(prefix) and f.endswith(_SMALL))
     here = [f for f in files if f.startswith(prefix) and "/" not in f[len(prefix) :]]
     small = [f for f in here if f.endswith(_SMALL)]
-    if how == "configs":
-        return sorted(small)
     for suffix in (".safetensors", ".bin"):
         for want in (variant, None) if variant else (None,):
             weights = [f for f in here if f.endswith(suffix) and _variant_of(f, suffix) == want]
@@ -335,13 +336,6 @@ def _snapshot_bytes(folder: Path) -> int:
         except OSError:
             continue
     return total
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -101,8 +101,8 @@ def load_model(
         check_pickle(preset, source)
         if single_file_pipeline is None:
             kwargs = single_file_kwargs(preset, dtype)
-            folder = Path(str(kwargs.get("config", "")))
-            if folder.is_dir() and not (folder / "config.json").is_file():
+            config = kwargs.get("config")
+            if config and Path(config).is_dir() and not (Path(config) / "config.json").is_file():
                 del kwargs["config"]  # a pipeline's configs describe no ControlNet: diffusers picks its own
             return cls.from_single_file(source, **kwargs)
         if preset.single_file_config and (subfolder or "unet") == "unet":

@@ -111,7 +111,6 @@ class ModelManager:
         self.load_seconds = 0.0  # running total, so a job can report its own share
         self.loads = 0  # components loaded so far (tests prove sharing with it)
         self._adapters: dict[tuple[Key, str], int] = {}  # (host component, LoRA name) -> bytes added
-        self.lora_loads = 0  # adapters loaded into a component so far (tests prove warm reuse with it)
         self._loading: LoadingSink | None = None  # the running job's `loading` events (see reporting)
 
     # -- lookup ------------------------------------------------------------------------------
@@ -227,7 +226,6 @@ class ModelManager:
                 ) from exc
             if not added:
                 continue
-            self.lora_loads += 1
             log.info("loaded LoRA %s of %s/%s (%.2f MB)", name, preset.name, role, added / 1e6)
             with self._lock:
                 key = self.key(preset, role)

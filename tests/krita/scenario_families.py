@@ -24,7 +24,7 @@ from scenario_lib import (
     layout_report,
     open_picture,
     pick_model,
-    select_mask,
+    select_mask_file,
     set_combo,
     swap_red_blue,
     wait_for_docker,
@@ -111,8 +111,7 @@ def scenario(ctx: Any):
     yield 0.1
     res["model_after_reconnect"] = form.model_name()
 
-    select_mask(doc, Path(cfg["mask"]).read_bytes())
-    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+    yield from select_mask_file(ctx, doc, cfg["mask"])
     jobs = res["jobs"] = {}
     common = {"source": "visible", "padding": 32, "resolution": 0, "variations": 1}
     if "sdxl" in steps:  # SDXL inpaint, with the Refine option only SDXL has

@@ -6,6 +6,7 @@ They drive the real docker the way a painter does: set its widgets, click its bu
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from krita import Krita, Selection
@@ -117,6 +118,12 @@ def select_mask(doc: Any, mask: bytes) -> None:
     selection = Selection()
     selection.setPixelData(mask, 0, 0, doc.width(), doc.height())
     doc.setSelection(selection)
+
+
+def select_mask_file(ctx: Any, doc: Any, path: str) -> Any:
+    """The selection from an 8-bit mask file of the canvas's size, once Krita has taken it."""
+    select_mask(doc, Path(path).read_bytes())
+    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
 
 
 def set_combo(combo: Any, data: Any) -> None:

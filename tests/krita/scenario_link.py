@@ -21,7 +21,7 @@ from scenario_lib import (
     group_layers,
     open_picture,
     preview_layers,
-    select_mask,
+    select_mask_file,
     start_job,
     untipped,
     wait_for_docker,
@@ -114,8 +114,7 @@ def scenario(ctx: Any):
 
     # 2. The link goes silent mid-job: lost within ~3 s, the job waits; its result comes with the link.
     doc = yield from open_picture(ctx, cfg["picture"])
-    select_mask(doc, Path(cfg["mask"]).read_bytes())
-    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+    yield from select_mask_file(ctx, doc, cfg["mask"])
     job = yield from start_job(
         ctx, docker, "inpaint", prompt="a quiet fox", steps=cfg["steps"], seed=77, resolution=128
     )

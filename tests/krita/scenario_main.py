@@ -20,7 +20,7 @@ from scenario_lib import (
     group_layers,
     open_picture,
     preview_layers,
-    select_mask,
+    select_mask_file,
     set_combo,
     swap_red_blue,
     wait_for_docker,
@@ -54,8 +54,7 @@ def scenario(ctx: Any):
     yield 0.3  # Krita activates a new layer from its event loop: let that happen, then pick the photo
     doc.setActiveNode(background)
     yield ctx.wait(lambda: doc.activeNode().name() == "Background", 10, "the photo layer to be active")
-    select_mask(doc, Path(cfg["mask"]).read_bytes())
-    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+    yield from select_mask_file(ctx, doc, cfg["mask"])
     res["originals"] = {"Background": layer_info(background), "Sketch": layer_info(sketch)}
     yield 0.3  # ready to generate: the status line shows the daemon
     res["status"] = docker.status_label.full_text()

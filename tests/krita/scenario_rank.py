@@ -6,7 +6,6 @@ picture's layer is the visible one, and each layer's name and stored record keep
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from scenario_lib import (
@@ -19,7 +18,7 @@ from scenario_lib import (
     open_picture,
     pick_model,
     preview_layers,
-    select_mask,
+    select_mask_file,
     untipped,
     wait_for_docker,
 )
@@ -41,8 +40,7 @@ def scenario(ctx: Any):
     docker = yield from wait_for_docker(ctx)
     yield from connect(ctx, docker, cfg["endpoint"])
     doc = yield from open_picture(ctx, cfg["picture"])
-    select_mask(doc, Path(cfg["mask"]).read_bytes())
-    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+    yield from select_mask_file(ctx, doc, cfg["mask"])
     background = doc.activeNode()
     background_pixels = node_pixels(background, doc)
     form = docker.form

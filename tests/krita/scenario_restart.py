@@ -20,7 +20,7 @@ from scenario_lib import (
     group_layers,
     open_picture,
     preview_layers,
-    select_mask,
+    select_mask_file,
     start_job,
     wait_for_docker,
 )
@@ -41,8 +41,7 @@ def scenario(ctx: Any):
     if cfg["phase"] == "quit":
         yield from connect(ctx, docker, cfg["endpoint"])
         doc = yield from open_picture(ctx, cfg["picture"])
-        select_mask(doc, Path(cfg["mask"]).read_bytes())
-        yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+        yield from select_mask_file(ctx, doc, cfg["mask"])
         job = yield from start_job(
             ctx, docker, "inpaint", prompt="a patient fox", steps=cfg["steps"], seed=4321, resolution=128
         )
@@ -76,8 +75,7 @@ def scenario(ctx: Any):
 
     # Closing a saved document mid-job: the docker is free, the job goes on, reopening places it.
     res["saved"] = doc.saveAs(cfg["kra"])
-    select_mask(doc, Path(cfg["mask"]).read_bytes())
-    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+    yield from select_mask_file(ctx, doc, cfg["mask"])
     job = yield from start_job(
         ctx, docker, "refine", prompt="a patient fox", steps=cfg["steps"], seed=99, resolution=128
     )

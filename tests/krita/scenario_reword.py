@@ -7,7 +7,6 @@ the picture stay as they were. Picking the picture layer turns Reword off, sayin
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from scenario_lib import (
@@ -18,7 +17,7 @@ from scenario_lib import (
     node_pixels,
     open_picture,
     preview_layers,
-    select_mask,
+    select_mask_file,
     untipped,
     wait_for_docker,
 )
@@ -29,8 +28,7 @@ def scenario(ctx: Any):
     docker = yield from wait_for_docker(ctx)
     yield from connect(ctx, docker, cfg["endpoint"])
     doc = yield from open_picture(ctx, cfg["picture"])
-    select_mask(doc, Path(cfg["mask"]).read_bytes())
-    yield ctx.wait(lambda: doc.selection() is not None, 10, "the selection to be set")
+    yield from select_mask_file(ctx, doc, cfg["mask"])
     background = doc.activeNode()
     res["generated"] = yield from generate(ctx, docker, "generate", prompt=cfg["prompt"], steps=4, seed=5)
     [source] = group_layers(doc)

@@ -44,11 +44,12 @@ from .form import Form
 from .jobs import Job, JobState, loading_text
 from .layers import layers_of
 from .live import LiveContext, LiveSession
-from .modes import MODES_BY_KEY, FormValues, build_params, live_setting, validate
+from .modes import MODES_BY_KEY, FormValues, build_params, validate
 from .parking import Parking, file_name
 from .pending import FILE_NAME, PendingStore
 from .placing import JobContext, clean_up, document_name, history_entry, place_result, show_preview
 from .progress import Progress, expected
+from .protocol.live import live_setting
 from .resume import document_path
 from .reword import RewordPanel
 from .strip import HistoryStrip
@@ -639,7 +640,7 @@ class UnderpaintDocker(DockWidget):
             return f"{label}: the daemon is out of reach; the job goes on there and resumes when it is back."
         if job.state is JobState.SUBMITTING:
             return self._message[0] if not job.cancel_requested else f"{label}: cancelling..."
-        if job.loading is not None and job.state in (JobState.SUBMITTING, JobState.QUEUED):
+        if job.loading is not None and job.state is JobState.QUEUED:
             return f"{label}: {loading_text(job.loading)}"
         if job.state is JobState.QUEUED:
             return f"{label}: queued (position {job.position})."
@@ -667,12 +668,13 @@ class UnderpaintDocker(DockWidget):
         # job's events do not make it busy: it is not the job the painter is waiting for.)
         if isinstance(job.context, LiveContext):
             try:
-                if self.live is not None and job.context.doc == self.live.doc:
+                if self.live is not None and job in self.live.jobs:  # not a job of an earlier session
                     self.live.event(job, kind, message)
             except Exception as exc:  # a Krita API surprise: say so, Live goes on
                 traceback.print_exc()
                 self._show(f"Live: could not update the document: {type(exc).__name__}: {exc}", error=True)
-            self._refresh_state()
+            if kind != "progress":
+                self._refresh_state()
             return
         current = job is self.job
         self._handling += current

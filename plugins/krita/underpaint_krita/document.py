@@ -51,8 +51,9 @@ def canvas_rect(doc: Any) -> Rect:
     return Rect(0, 0, int(doc.width()), int(doc.height()))
 
 
-def selection_bounds(doc: Any) -> Rect | None:
-    """Exact bounds of the selection's non-zero pixels (soft edges included), or None."""
+def read_selection(doc: Any) -> tuple[Rect, bytes] | None:
+    """The selection's rough rectangle within the canvas and its 8-bit pixels there (zero outside
+    it), or None without a selection."""
     selection = doc.selection()
     if selection is None:
         return None
@@ -60,7 +61,17 @@ def selection_bounds(doc: Any) -> Rect | None:
     rough = rough.intersected(canvas_rect(doc))
     if rough.empty:
         return None
-    data = bytes(selection.pixelData(rough.x, rough.y, rough.width, rough.height))
+    return rough, bytes(selection.pixelData(rough.x, rough.y, rough.width, rough.height))
+
+
+def selection_bounds(doc: Any, selected: tuple[Rect, bytes] | None | bool = True) -> Rect | None:
+    """Exact bounds of the selection's non-zero pixels (soft edges included), or None; `selected`:
+    what read_selection already read (True: read it now)."""
+    if selected is True:
+        selected = read_selection(doc)
+    if not selected:
+        return None
+    rough, data = selected
     exact = mask_bounds(data, rough.width, rough.height)
     return exact.translated(rough.x, rough.y) if exact else None
 

@@ -255,11 +255,12 @@ def open_upscaled(krita: Any, result: dict[str, Any], title: str, names: list[st
     width, height = max(int(i["width"]) for i in images), max(int(i["height"]) for i in images)
     doc = krita.createDocument(width, height, title, "RGBA", "U8", "", 300.0)
     root = doc.rootNode()
+    best = best_image(images)
     for i, image in enumerate(images):
         node = doc.createNode(names[i], "paintlayer")
         root.addChildNode(node, layers_of(root)[-1] if layers_of(root) else None)
         node.setPixelData(rgba_to_bgra(bytes(image["data"])), 0, 0, int(image["width"]), int(image["height"]))
-        node.setVisible(i == best_image(images))
+        node.setVisible(i == best)
     doc.refreshProjection()
     window = krita.activeWindow()
     if window is not None:

@@ -20,12 +20,13 @@ from krita import Krita
 from PyQt5.QtCore import QTimer
 
 from . import presets
-from .document import Capture, capture, document_problem, find_node, selection_bounds
-from .jobs import loading_text
+from .document import Capture, capture, document_problem, find_node, read_selection, selection_bounds
+from .jobs import JobState, loading_text
 from .layers import Target, alive, layers_of, patch_pixels, save_records, target_for
 from .live_fingerprint import Fingerprint
-from .modes import FormValues, build_params, live_setting, validate
-from .progress import Progress, expected
+from .modes import FormValues, build_params, validate
+from .placing import record_extra
+from .protocol.live import live_setting
 from .protocol.regions import Rect, job_region, placement
 from .records import generation_record, layer_name
 
@@ -43,8 +44,6 @@ class LiveContext:
     params: dict[str, Any]
     seq: int  # order of sending: only a result newer than the one shown is shown
     anchor: Any
-    label: str = "Live"
-    progress: Progress = field(default_factory=lambda: Progress(1))
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -107,12 +106,20 @@ class LiveSession:
         """A hash of everything the next job would read; the live layer's pixels are not part of it."""
         doc = self.doc
         canvas = Rect(0, 0, int(doc.width()), int(doc.height()))
-        region = job_region(selection_bounds(doc), canvas, form.padding)
+        selected = read_selection(doc)  # read once: the region and the hash both come from it
+        region = job_region(selection_bounds(doc, selected), canvas, form.padding)
         nodes = [n for n in layers_of(doc.rootNode()) if not self._is_live(n)]
-        if form.mode == "controlnet":  # a hidden sketch layer inside a group counts too
-            units = [find_node(doc, unit.layer_id) for unit in form.active_units()]
-            nodes += [n for n in units if n is not None and not any(n == m for m in nodes)]
-        return self.watch(doc, form, region, nodes)
+        extra = (
+            [find_node(doc, unit.layer_id) for unit in form.active_units()]
+            if form.mode == "controlnet"
+            else []
+        )
+        if form.source == "layer":  # the job reads that layer itself, even inside a hidden group
+            extra.append(doc.activeNode())
+        nodes += [
+            n for n in extra if n is not None and not self._is_live(n) and not any(n == m for m in nodes)
+        ]
+        return self.watch(doc, form, region, nodes, selected)
 
     # -- the timer -------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -157,12 +164,12 @@ class LiveSession:
 
     def send(self, form: FormValues, fingerprint: bytes) -> None:
         """Read the input (the live layer hidden, so it never feeds back) and submit in the lane."""
+        self.sent = fingerprint  # sent or refused: not again until the input changes
         docker = self.docker
         welcome, preset, mode = docker.form.welcome, docker.form.preset(), form.run_mode()
         spec = presets.op_spec(welcome, preset, mode.op)
         problem = presets.mode_problem(welcome, preset, mode) or validate(form)
         if problem:
-            self.sent = fingerprint
             docker.live_message(f"Live: {problem}", error=True)
             return
         hidden = self.node is not None and alive(self.node) and self.node.visible()
@@ -182,9 +189,8 @@ class LiveSession:
             anchor = None
         self.seq += 1
         context = LiveContext(self.doc, form, captured, params, self.seq, anchor)
-        context.progress = Progress(expected(params))
         job = docker.connection.submit(
-            form.run_mode().op,
+            mode.op,
             params,
             captured.images,
             model=form.model or None,
@@ -193,7 +199,6 @@ class LiveSession:
             lane=self.lane,
         )
         self.jobs = [j for j in self.jobs if not j.finished] + [job]
-        self.sent = fingerprint
         self.counts["sent"] += 1
         self.last_sent = {
             "params": params,
@@ -206,6 +211,8 @@ class LiveSession:
     def event(self, job: Any, kind: str, message: dict[str, Any]) -> None:
         context: LiveContext = job.context
         if kind == "result":
+            if job.state is not JobState.DONE:  # cancelled as its result came: nothing to show
+                return
             if context.seq <= self.placed_seq:  # a superseded job that finished its step anyway
                 self.counts["stale"] += 1
                 return
@@ -215,9 +222,8 @@ class LiveSession:
             self.job_seconds = round(self.placed_at - context.submitted, 3)
             self.counts["placed"] += 1
             self.error = ""
-            seconds = time.monotonic() - context.submitted
             count = self.counts["placed"]
-            self.docker.live_message(f"Live: result {count} in {seconds:.1f} s (seed {self.seed}).")
+            self.docker.live_message(f"Live: result {count} in {self.job_seconds:.1f} s (seed {self.seed}).")
         elif kind == "loading" and job.loading is not None:
             self.counts["loading"] += 1
             self.loading_said = f"Live: {loading_text(job.loading)}"
@@ -246,7 +252,7 @@ class LiveSession:
         doc = self.doc
         if self.node is None or not alive(self.node):
             self.node = self._make_layer()
-        elif self.shown is not None:
+        elif self.shown is not None and self.shown.rect != rect:  # pixels outside the new rect go
             old = self.shown.rect
             self.node.setPixelData(bytes(old.width * old.height * 4), old.x, old.y, old.width, old.height)
         self.node.setPixelData(pixels, rect.x, rect.y, rect.width, rect.height)
@@ -291,15 +297,7 @@ class LiveSession:
 
         [node] = target.add_layers([name], fill)
         welcome = self.docker.connection.welcome or {}
-        extra = {
-            "daemon": welcome.get("daemon"),
-            "device": welcome.get("device"),
-            "family": self.docker.form.preset().get("family"),
-            "source": context.capture.source,
-            "source_layers": context.capture.source_layers,
-            "region": context.capture.region.as_list(),
-            "live": True,
-        }
+        extra = {**record_extra(context.capture, shown.result, welcome), "live": True}
         record = generation_record(context.form, shown.result, shown.image, (rect.x, rect.y), extra)
         save_records(doc, {node.uniqueId().toString(): {**record, "name": node.name()}})
         doc.refreshProjection()
@@ -308,6 +306,7 @@ class LiveSession:
     def stop(self, remove: bool = True) -> None:
         """Stop polling, cancel live jobs still running, and take the live layer (only it) out."""
         self.timer.stop()
+        self.timer.deleteLater()
         for job in self.jobs:
             if not job.finished:
                 try:

@@ -10,9 +10,10 @@ and only some layers are read per tick:
 - one other layer, in turn;
 - any layer not read before (new, or the job region moved).
 
-Layer order, visibility, opacity, blending, the selection and the form are checked every tick. So a
-stroke is seen on the next tick, and a change the painter did not make on the active layer (an undo
-after switching layers, a script) within as many ticks as there are layers.
+Layer order, visibility, opacity, blending, the selection (read once per tick, for the region too)
+and the form are checked every tick. So a stroke is seen on the next tick, and a change the painter
+did not make on the active layer (an undo after switching layers, a script) within as many ticks as
+there are layers.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ class Fingerprint:
         self.turn = 0  # which layer the rotation reads next
         self.reads: list[int] = []  # layers read at each tick (tests and stats: the price of polling)
 
-    def __call__(self, doc: Any, form: Any, region: Rect, nodes: list[Any]) -> bytes:
-        """`nodes`: every layer the job may read (top-level ones and ControlNet units, none twice)."""
+    def __call__(
+        self, doc: Any, form: Any, region: Rect, nodes: list[Any], selected: tuple[Rect, bytes] | None
+    ) -> bytes:
+        """`nodes`: every layer the job may read (top-level ones, ControlNet units, the source layer;
+        none twice); `selected`: the selection's rough rectangle and its pixels (document.read_selection)."""
         active = doc.activeNode()
         painted = [top_level(active, doc.rootNode()), active]  # read on every tick
         if region.as_list() != self.region:
@@ -71,9 +75,9 @@ class Fingerprint:
         active_id = active.uniqueId().toString() if active is not None and form.source == "layer" else ""
         what = [region.as_list(), asdict(form), active_id]
         digest.update(json.dumps(what, sort_keys=True, default=str).encode())
-        if doc.selection() is not None:
-            selection = doc.selection().pixelData(region.x, region.y, region.width, region.height)
-            digest.update(zlib.crc32(selection).to_bytes(4, "little"))
+        if selected is not None:
+            rough, mask = selected
+            digest.update(f"{rough.as_list()} {zlib.crc32(mask)};".encode())
         for key, node in zip(ids, nodes, strict=True):
             look = f"{key} {node.visible()} {node.opacity()} {node.blendingMode()} {self.sums[key]};"
             digest.update(look.encode())

@@ -73,9 +73,9 @@ class LoraPanel(QGroupBox):
             if self.checks[name].isChecked()
         ]
 
-    def apply(self, loras: list[dict[str, Any]]) -> list[str]:
-        """Tick exactly these LoRAs at their weights; returns the names this preset does not list.
-        Names not shown now are remembered for when they are."""
+    def apply(self, loras: list[dict[str, Any]]) -> None:
+        """Tick exactly these LoRAs at their weights; names this preset does not list are remembered
+        for when it does."""
         wanted = {item["name"]: float(item["weight"]) for item in loras}
         for name in self.names:
             self.checks[name].setChecked(name in wanted)
@@ -87,4 +87,3 @@ class LoraPanel(QGroupBox):
         for name, weight in wanted.items():
             if name not in self.names:
                 self.kept[name] = (True, weight)
-        return [name for name in wanted if name not in self.names]

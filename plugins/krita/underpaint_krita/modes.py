@@ -12,6 +12,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from .protocol.live import merge_live
+
 # Form fields a mode may use (the docker shows only these, and only when the preset takes them).
 PROMPT, NEGATIVE, INSTRUCTION, STRENGTH, IMAGE_GUIDANCE = (
     "prompt",
@@ -170,8 +172,6 @@ MODES_BY_KEY = {mode.key: mode for mode in MODES}
 #: The "Speed" setting: "auto" uses the preset's live sampler setting for Live jobs only, "live" for
 #: every job, "quality" never (the form's own steps, guidance and sampler).
 SPEEDS = ("auto", "quality", "live")
-#: What `live` is when the daemon's welcome has none for the preset (older daemons): few steps, low guidance.
-LIVE_FALLBACK: dict[str, Any] = {"steps": 4, "guidance_scale": 2.0}
 LIVE_DELAY_MS = 300  # default wait of Live mode between a canvas change and its job
 
 #: Modes Compare can run on several presets (not ControlNet: its models differ per preset; not
@@ -409,27 +409,6 @@ def build_params(
     if form.mode == "compare":
         params = {"op": mode.op, "models": list(form.compare_models), **params}
     return params
-
-
-def merge_live(params: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
-    """`params` with the live sampler setting over them; its `loras` join the painter's (a LoRA the
-    painter ticked keeps the painter's weight: the daemon refuses a name twice). The caller filters
-    by the op spec afterwards, so a key the op does not take is never sent."""
-    out = dict(params)
-    for name, value in live.items():
-        if name != "loras":
-            out[name] = value
-    mine = {lora["name"] for lora in out.get("loras", [])}
-    extra = [lora for lora in clean_loras(live.get("loras")) if lora["name"] not in mine]
-    if extra:
-        out["loras"] = [*out.get("loras", []), *extra]
-    return out
-
-
-def live_setting(preset: dict[str, Any]) -> dict[str, Any]:
-    """The preset's live sampler setting from the welcome, or the fallback for daemons without one."""
-    live = preset.get("live")
-    return dict(live) if isinstance(live, dict) and live else dict(LIVE_FALLBACK)
 
 
 def mix_items(form: FormValues) -> list[dict[str, Any]]:

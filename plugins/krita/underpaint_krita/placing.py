@@ -90,20 +90,26 @@ def layer_names(context: JobContext, result: dict[str, Any], fallback_seed: int)
     return names
 
 
+def record_extra(capture: Capture, result: dict[str, Any], welcome: dict[str, Any]) -> dict[str, Any]:
+    """What a result layer's record says beyond the form and the result: the daemon, the model's family,
+    what was read; one stamp per job, so its pictures stay in seed order in the history strip."""
+    return {
+        "daemon": welcome.get("daemon"),
+        "device": welcome.get("device"),
+        "family": presets.find(welcome, result.get("model")).get("family"),
+        "source": capture.source,
+        "source_layers": capture.source_layers,
+        "region": capture.region.as_list(),
+        "stamp": round(time.time(), 3),
+    }
+
+
 def place_result(krita: Any, context: JobContext, result: dict[str, Any], welcome: dict[str, Any]) -> str:
     """Put the result into the document (Upscale: a new one) with its records; returns the message."""
     images = result.get("images") or []
     seed = int(result.get("seed", 0))
     names = layer_names(context, result, seed)
-    extra = {
-        "daemon": welcome.get("daemon"),
-        "device": welcome.get("device"),
-        "family": presets.find(welcome, result.get("model")).get("family"),
-        "source": context.capture.source,
-        "source_layers": context.capture.source_layers,
-        "region": context.capture.region.as_list(),
-        "stamp": round(time.time(), 3),  # one per job: its pictures stay in seed order in the history strip
-    }
+    extra = record_extra(context.capture, result, welcome)
     if context.reword_of:
         extra["reword_of"] = context.reword_of
     if context.mode.op == "upscale":

@@ -25,7 +25,7 @@ from .connection import recall  # noqa: E402
 from .keys import CLIENT_ARG, SERVER_ARG, KeyFiles  # noqa: E402
 from .lora_rows import LoraRows  # noqa: E402
 from .modes import LIVE, LORAS, MODEL, RANK, Arg, Mode, effective  # noqa: E402
-from .presets import Catalog, Preset, help_text  # noqa: E402
+from .presets import LIVE_FALLBACK, Catalog, Preset, help_text  # noqa: E402
 from .prompt_errors import PromptError  # noqa: E402
 from .request import UserError  # noqa: E402
 
@@ -222,9 +222,11 @@ class _Picker:
                 continue
             widget.set_tooltip_text(f"{self._tooltips.get(argument) or ''}\n{SYNTAX[syntax]}".strip())
 
-    def grey_out(self, takes: Callable[[Arg], bool], why: str) -> None:
-        """Settings the chosen preset(s) do not use are insensitive, their tooltip saying why."""
+    def grey_out(self, takes: Callable[[Arg], bool], why: str, preset: Preset | None = None) -> None:
+        """Settings the chosen preset(s) do not use are insensitive, their tooltip saying why; with the
+        Live sampler, so are those the preset's live map sets (without a preset: the fallback's)."""
         live = self.mode.has("sampler") and self.config.get_property("sampler") == LIVE
+        live_sets = set(preset.live_params() if preset is not None else LIVE_FALLBACK)
         for arg in self.mode.args:
             if arg.kind == "strings" or arg.name in ("model", LORAS.name):
                 continue
@@ -240,7 +242,7 @@ class _Picker:
                 widget.set_visible(used)
             widget.set_sensitive(used)
             widget.set_tooltip_text(self._tooltips[arg.name] if used else f"{why} does not use this setting")
-            if used and live and arg.name in ("steps", "guidance"):  # the preset's live map sets them
+            if used and live and arg.param in live_sets:
                 widget.set_sensitive(False)
                 widget.set_tooltip_text(f"{self._tooltips[arg.name]}\nThe Live sampler sets this.")
 
@@ -308,7 +310,7 @@ class PresetPicker(_Picker):
             return
         takes_loras = self.mode.has(LORAS.name) and preset.takes(self.mode.op, LORAS)
         self.loras.show(preset.loras if takes_loras else ())
-        self.grey_out(lambda arg: preset.takes(self.mode.op, arg), f"{preset.name} ({preset.title})")
+        self.grey_out(lambda arg: preset.takes(self.mode.op, arg), f"{preset.name} ({preset.title})", preset)
         self.explain_syntax(preset.name, self.mode.op)
         extra = self.catalog.family_settings(preset, self.mode.op)
         if extra and self.mode.has(SETTINGS):

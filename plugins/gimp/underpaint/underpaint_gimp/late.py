@@ -23,6 +23,7 @@ from .gimp_io import GimpProgress  # noqa: E402
 from .keys import KeyFiles  # noqa: E402
 from .modes import mode_by_key  # noqa: E402
 from .pending import PendingJob, by_connection, describe  # noqa: E402
+from .registration import FLAGS, image_procedure  # noqa: E402
 from .request import UserError  # noqa: E402
 from .results import place  # noqa: E402
 from .steps import StepCount  # noqa: E402
@@ -141,26 +142,24 @@ def _collect_session(
 
 
 def create_fetch_procedure(plugin: Gimp.PlugIn) -> Gimp.Procedure:
-    procedure = Gimp.ImageProcedure.new(plugin, FETCH, Gimp.PDBProcType.PLUGIN, run_fetch, None)
-    procedure.set_image_types("*")
     mask = Gimp.ProcedureSensitivityMask
-    procedure.set_sensitivity_mask(mask.DRAWABLE | mask.DRAWABLES | mask.NO_DRAWABLES)
-    procedure.set_menu_label("_Fetch Pending Results")
-    procedure.add_menu_path("<Image>/Filters/Underpaint/")
     blurb = "Place the results of Underpaint jobs that finished after their call ended"
-    procedure.set_documentation(
-        blurb,
-        f"{blurb} (the link to the daemon was lost, or GIMP was closed while a job ran: the job was "
-        "stored on the image, in its 'underpaint-pending' parasite). Resumes each job's daemon session, "
-        "places the finished results as the call would have, and waits for jobs still running. Jobs "
-        "the daemon no longer has (it restarted, or the result expired) are reported and forgotten.",
+    procedure = image_procedure(
+        plugin,
         FETCH,
+        run_fetch,
+        label="_Fetch Pending Results",
+        blurb=blurb,
+        help_text=f"{blurb} (the link to the daemon was lost, or GIMP was closed while a job ran: the job "
+        "was stored on the image, in its 'underpaint-pending' parasite). Resumes each job's daemon "
+        "session, places the finished results as the call would have, and waits for jobs still running. "
+        "Jobs the daemon no longer has (it restarted, or the result expired) are reported and forgotten.",
+        image_types="*",
+        sensitivity=mask.DRAWABLE | mask.DRAWABLES | mask.NO_DRAWABLES,
     )
-    procedure.set_attribution("Underpaint", "Underpaint contributors", "2026")
-    flags = GObject.ParamFlags.READWRITE
-    procedure.add_int_return_value("placed", "Placed", "Jobs whose results were placed", 0, 1 << 30, 0, flags)
+    procedure.add_int_return_value("placed", "Placed", "Jobs whose results were placed", 0, 1 << 30, 0, FLAGS)
     procedure.add_int_return_value(
-        "pending", "Pending", "Jobs still stored on the image", 0, 1 << 30, 0, flags
+        "pending", "Pending", "Jobs still stored on the image", 0, 1 << 30, 0, FLAGS
     )
     return procedure
 

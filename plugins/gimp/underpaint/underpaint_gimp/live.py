@@ -21,7 +21,7 @@ import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+from gi.repository import Gegl, Gimp, GLib  # noqa: E402
 
 from . import job as jobs  # noqa: E402
 from .connection import remember  # noqa: E402
@@ -31,8 +31,9 @@ from .keys import KeyFiles  # noqa: E402
 from .live_below import BelowWatch  # noqa: E402
 from .live_state import LANE, LIVE, LIVE_LAYER, LIVE_MARK, input_key  # noqa: E402
 from .modes import LIVE as LIVE_SAMPLER  # noqa: E402
-from .modes import MENU_PATH, mode_by_key  # noqa: E402
+from .modes import mode_by_key  # noqa: E402
 from .placement import PARASITE, LayerPlan, layer_name, plan_layers  # noqa: E402
+from .presets import LIVE_FALLBACK  # noqa: E402
 from .reading import (  # noqa: E402
     RGBA,
     drawable_rect,
@@ -45,42 +46,38 @@ from .reading import (  # noqa: E402
     shows_as_is,
 )
 from .region import crop_region  # noqa: E402
+from .registration import image_procedure  # noqa: E402
 from .request import JobRequest, Pixels, UserError, build_request  # noqa: E402
 from .sources import as_layer, check_call, read_pixels  # noqa: E402
 
-FLAGS = GObject.ParamFlags.READWRITE
 PROCEDURE = "plug-in-underpaint-live"
 REFINE = mode_by_key("refine")  # Live reads and sends what Refine does
 
 
 def create_live_procedure(plugin: Gimp.PlugIn) -> Gimp.Procedure:
-    from .procedures import _add_argument  # procedures registers this module: import it late
-
-    procedure = Gimp.ImageProcedure.new(plugin, PROCEDURE, Gimp.PDBProcType.PLUGIN, run_live, None)
-    procedure.set_image_types("RGB*, GRAY*")
-    procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-    procedure.set_menu_label(LIVE.label)
-    procedure.add_menu_path(MENU_PATH)
-    procedure.set_documentation(
-        LIVE.blurb,
-        f"{LIVE.blurb}. The dialog stays open while you paint on the source layer: each change, once "
-        "it rests for the debounce delay, is sent to the Underpaint daemon as an SDEdit job (fixed seed, "
-        "few-step Live sampler, one lane so only the newest counts). Keep copies the live layer into the "
-        "Underpaint group; closing removes the live layer. Non-interactive: action update, keep or stop.",
+    return image_procedure(
+        plugin,
         PROCEDURE,
+        run_live,
+        label=LIVE.label,
+        blurb=LIVE.blurb,
+        help_text=f"{LIVE.blurb}. The dialog stays open while you paint on the source layer: each change, "
+        "once it rests for the debounce delay, is sent to the Underpaint daemon as an SDEdit job (fixed "
+        "seed, few-step Live sampler, one lane so only the newest counts). Keep copies the live layer "
+        "into the Underpaint group; closing removes the live layer. Non-interactive: action update, keep "
+        "or stop.",
+        image_types="RGB*, GRAY*",
+        sensitivity=Gimp.ProcedureSensitivityMask.DRAWABLE,
+        args=LIVE.args,
     )
-    procedure.set_attribution("Underpaint", "Underpaint contributors", "2026")
-    for arg in LIVE.args:
-        _add_argument(procedure, arg)
-    return procedure
 
 
 def job_values(values: dict[str, Any]) -> dict[str, Any]:
     """Refine's argument values for a live job: one picture, the Live sampler, the source layer."""
     return {
         **values,
-        "steps": 4,
-        "guidance": 2.0,
+        "steps": LIVE_FALLBACK["steps"],  # what the Live sampler sends where a preset's map has none
+        "guidance": LIVE_FALLBACK["guidance_scale"],
         "variations": 1,
         "rank": False,
         "sampler": LIVE_SAMPLER,
@@ -122,7 +119,8 @@ class LiveCanvas:
         pixels = read_rgba(self.source, area)
         seen_alone = opaque(pixels) and shows_as_is(self.source)
         below = "" if seen_alone else self.below.key(self.image, self.source, area)
-        return input_key(pixels, mask, {**values, "area": area.as_list(), "below": below})
+        settings = {k: v for k, v in values.items() if k != "delay"}  # when to send is not what is sent
+        return input_key(pixels, mask, {**settings, "area": area.as_list(), "below": below})
 
     def read(self, values: dict[str, Any]) -> Pixels:
         """The source as a live job sends it (as the painter sees it)."""

@@ -44,7 +44,6 @@ class LiveLoop:
         self.sent: dict[str, Sent] = {}
         self.session: jobs.Session | None = None
         self.connection: tuple[str, KeyFiles] | None = None
-        self.source_id: int | None = None
         self.kept = 0
         self.pause_until = 0.0  # after a failed send, the next try waits until then
 
@@ -75,7 +74,7 @@ class LiveLoop:
             self.drain()
         except UserError as exc:  # e.g. the daemon is down: try again in a while, not every tick
             self.debounce.retry()
-            self.pause_until = now + RETRY_AFTER
+            self.pause_until = time.monotonic() + RETRY_AFTER  # after the try, which may have waited
             self.say(f"Live: {exc}")
         except Exception as exc:  # a bug: say it, and keep the timer (an exception here would end it)
             traceback.print_exc()
@@ -88,10 +87,11 @@ class LiveLoop:
             return
         while (event := self.session.client.poll(0)) is not None:
             job, kind = str(event.get("job") or ""), event.get("type")
-            if job not in self.sent:
+            sent = self.sent.pop(job, None) if kind in jobs.FINAL_EVENTS else self.sent.get(job)
+            if sent is None:
                 continue
             if kind == "result" and self.newest.take(job):
-                self.canvas.show(self.canvas.plan(self.sent[job], event))
+                self.canvas.show(self.canvas.plan(sent, event))
                 self.keep_button.set_sensitive(True)
                 took = float((event.get("timings") or {}).get("total") or 0.0)
                 self.say(f"Live: newest picture shown ({took:.2f} s on the daemon). Keep copies it.")
@@ -100,8 +100,9 @@ class LiveLoop:
             elif kind == "loading" and job == self.newest.running:
                 self.say(f"Live: loading {event.get('what')}… {float(event.get('elapsed_s') or 0):.0f} s")
             elif kind == "error" and job == self.newest.running:
-                self.debounce.retry()
-                self.say(f"Live: {jobs.refused(event, self.sent[job].request.params)}")
+                self.debounce.retry()  # the same input again, but not before a pause: not every tick
+                self.pause_until = time.monotonic() + RETRY_AFTER
+                self.say(f"Live: {jobs.refused(event, sent.request.params)}")
             # `cancelled` (reason "superseded": a newer change replaced it) is not an error: nothing to do
 
     def keep(self) -> None:

@@ -28,10 +28,13 @@ class LoraRows:
         self.config = config
         self.box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=2)
         self.box.set_no_show_all(True)
-        self.names: tuple[str, ...] = ()
+        self.names: tuple[str, ...] | None = None  # None: never shown (a recalled text is cleared too)
         self.weights: dict[str, Gtk.Adjustment] = {}
+        self.takes_loras = any(spec.name == "loras" for spec in config.list_properties())
 
     def _stored(self) -> dict[str, float]:
+        if not self.takes_loras:  # a procedure without LoRAs (Upscale): nothing stored, nothing shown
+            return {}
         try:
             return parse_loras(str(self.config.get_property("loras") or ""))
         except LoraError:

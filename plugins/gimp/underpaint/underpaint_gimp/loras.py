@@ -44,9 +44,3 @@ def format_loras(weights: dict[str, float]) -> str:
 def wire_loras(weights: dict[str, float]) -> list[dict[str, Any]]:
     """`params.loras` for the daemon: only the LoRAs that are on."""
     return [{"name": name, "weight": weight} for name, weight in weights.items() if weight != 0]
-
-
-def add_loras(own: list[dict[str, Any]], more: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The painter's LoRAs plus `more` (a preset's live LoRA); a name the painter set keeps its weight."""
-    names = {str(entry.get("name")) for entry in own}
-    return [*own, *(dict(entry) for entry in more if str(entry.get("name")) not in names)]

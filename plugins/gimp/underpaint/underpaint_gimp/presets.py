@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .modes import Arg, Mode
+from underpaint_protocol.live import LIVE_FALLBACK
 
-LIVE_FALLBACK = {"steps": 4, "guidance_scale": 2.0}  # the Live sampler for a daemon without `live` maps
+from .modes import Arg, Mode
 
 
 @dataclass(frozen=True)

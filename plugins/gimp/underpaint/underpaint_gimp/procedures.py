@@ -34,11 +34,9 @@ from .live import PROCEDURE as LIVE_PROCEDURE  # noqa: E402
 from .live import create_live_procedure  # noqa: E402
 from .modes import (  # noqa: E402
     FILL,
-    MENU_PATH,
     MODES,
     NO_PIXELS,
     SELECTED_LAYERS,
-    Arg,
     Mode,
     effective,
     mode_by_procedure,
@@ -47,38 +45,14 @@ from .pending import PendingJob  # noqa: E402
 from .presets import Catalog  # noqa: E402
 from .prompt_errors import PromptError  # noqa: E402
 from .reading import read_mask, selection_rect  # noqa: E402
+from .registration import FLAGS, image_procedure  # noqa: E402
 from .request import JobRequest, Pixels, UserError, build_request  # noqa: E402
 from .results import place  # noqa: E402
 from .reword import REWORD  # noqa: E402
 from .rewording import create_reword_procedure  # noqa: E402
 from .sources import as_layer, check_call, read_layers, read_pixels, selected_layers  # noqa: E402
 
-FLAGS = GObject.ParamFlags.READWRITE
 RESULT_IMAGE = "new-image"
-
-
-def _add_argument(procedure: Gimp.Procedure, arg: Arg) -> None:
-    if arg.kind == "str":
-        procedure.add_string_argument(arg.name, arg.nick, arg.blurb, arg.default, FLAGS)
-    elif arg.kind == "int":
-        procedure.add_int_argument(
-            arg.name, arg.nick, arg.blurb, int(arg.min), int(arg.max), arg.default, FLAGS
-        )
-    elif arg.kind == "bool":
-        procedure.add_boolean_argument(arg.name, arg.nick, arg.blurb, bool(arg.default), FLAGS)
-    elif arg.kind == "float":
-        procedure.add_double_argument(arg.name, arg.nick, arg.blurb, arg.min, arg.max, arg.default, FLAGS)
-    elif arg.kind == "choice":
-        choice = Gimp.Choice.new()
-        for index, (value, label) in enumerate(arg.choices):
-            choice.add(value, index, label, "")
-        procedure.add_choice_argument(arg.name, arg.nick, arg.blurb, choice, arg.default, FLAGS)
-    elif arg.kind == "layer":
-        procedure.add_layer_argument(arg.name, arg.nick, arg.blurb, True, FLAGS)
-    elif arg.kind == "strings":
-        procedure.add_string_array_argument(arg.name, arg.nick, arg.blurb, FLAGS)
-    else:
-        raise ValueError(f"unknown argument kind {arg.kind}")
 
 
 def _sensitivity(mode: Mode) -> Gimp.ProcedureSensitivityMask:
@@ -92,24 +66,23 @@ def _sensitivity(mode: Mode) -> Gimp.ProcedureSensitivityMask:
 
 def create_procedure(plugin: Gimp.PlugIn, name: str) -> Gimp.Procedure:
     mode = mode_by_procedure(name)
-    procedure = Gimp.ImageProcedure.new(plugin, name, Gimp.PDBProcType.PLUGIN, run, mode)
-    procedure.set_image_types("RGB*, GRAY*, INDEXED*")  # indexed: the results go into an RGB copy
-    procedure.set_sensitivity_mask(_sensitivity(mode))
-    procedure.set_menu_label(mode.label)
-    procedure.add_menu_path(MENU_PATH)
     op = "compare" if mode.key == "compare" else f"'{mode.op}'"
-    procedure.set_documentation(
-        mode.blurb,
-        f"{mode.blurb}. Runs the {op} op on an Underpaint daemon (underpaint serve) and adds the "
+    procedure = image_procedure(
+        plugin,
+        name,
+        run,
+        data=mode,
+        label=mode.label,
+        blurb=mode.blurb,
+        help_text=f"{mode.blurb}. Runs the {op} op on an Underpaint daemon (underpaint serve) and adds the "
         "result as new layers in an 'Underpaint' layer group above the active layer"
         + (" (Upscale: in a new image)" if mode.new_image else "")
         + "; the parameters are stored in the 'underpaint-params' parasite of each layer. An indexed "
         "image is left as it is: the results go into an RGB copy of it, returned as new-image.",
-        name,
+        image_types="RGB*, GRAY*, INDEXED*",  # indexed: the results go into an RGB copy
+        sensitivity=_sensitivity(mode),
+        args=mode.args,
     )
-    procedure.set_attribution("Underpaint", "Underpaint contributors", "2026")
-    for arg in mode.args:
-        _add_argument(procedure, arg)
     what = "The upscaled image" if mode.new_image else "The RGB copy of an indexed image holding the results"
     procedure.add_image_return_value(RESULT_IMAGE, "New image", f"{what} (none when no image was made)",
                                      True, FLAGS)  # fmt: skip

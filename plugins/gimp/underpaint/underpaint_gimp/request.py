@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from underpaint_protocol.live import merge_live
 from underpaint_protocol.regions import Rect
 
-from .loras import LoraError, add_loras, parse_loras, wire_loras
+from .loras import LoraError, parse_loras, wire_loras
 from .modes import COMPARED, LIVE, MAX_INT, QUALITY, Mode, effective, mode_by_key
 from .presets import Catalog, Preset
 from .region import generate_size
@@ -336,15 +337,7 @@ def _with_live(request: JobRequest, preset: Preset | None) -> JobRequest:
     to the painter's), only the keys this op of the preset takes; done once (then QUALITY)."""
     if request.sampler != LIVE or preset is None:
         return request
-    taken = preset.params(request.op)
-    params = dict(request.params)
-    for name, value in preset.live_params().items():
-        if taken is not None and name not in taken:
-            continue
-        if name == "loras":
-            params["loras"] = add_loras(list(params.get("loras") or []), list(value or []))
-        else:
-            params[name] = value
+    params = merge_live(request.params, preset.live_params(), preset.params(request.op))
     return replace(request, params=params, sampler=QUALITY)
 
 

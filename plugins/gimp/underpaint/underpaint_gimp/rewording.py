@@ -14,7 +14,7 @@ from typing import Any
 import gi
 
 gi.require_version("Gimp", "3.0")
-from gi.repository import Gimp, GLib, GObject  # noqa: E402
+from gi.repository import Gimp, GLib  # noqa: E402
 from underpaint_protocol.regions import Rect  # noqa: E402
 
 from . import job as jobs  # noqa: E402
@@ -22,36 +22,29 @@ from .connection import remember  # noqa: E402
 from .gimp_io import GimpProgress, add_layer_above  # noqa: E402
 from .image_jobs import parasite_bytes  # noqa: E402
 from .keys import KeyFiles  # noqa: E402
-from .modes import MENU_PATH  # noqa: E402
 from .placement import PARASITE, LayerPlan, layer_name  # noqa: E402
 from .reading import drawable_rect  # noqa: E402
+from .registration import image_procedure  # noqa: E402
 from .request import UserError  # noqa: E402
 from .reword import REWORD, build, parse_weights, source_of  # noqa: E402
 from .sources import as_layer  # noqa: E402
 
-FLAGS = GObject.ParamFlags.READWRITE
-
 
 def create_reword_procedure(plugin: Gimp.PlugIn) -> Gimp.Procedure:
-    from .procedures import _add_argument  # procedures registers this module: import it late
-
-    procedure = Gimp.ImageProcedure.new(plugin, REWORD.procedure, Gimp.PDBProcType.PLUGIN, run_reword, None)
-    procedure.set_image_types("RGB*, GRAY*")
-    procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-    procedure.set_menu_label(REWORD.label)
-    procedure.add_menu_path(MENU_PATH)
-    procedure.set_documentation(
-        REWORD.blurb,
-        f"{REWORD.blurb}. Select a layer Generate made; runs the 'reword' op (Prompt-to-Prompt) on an "
-        "Underpaint daemon with the layer's stored preset, parameters and seed and the edited prompt, "
-        "and adds the edited picture as a new layer right above it (its parameters in the layer's "
-        "'underpaint-params' parasite). Nothing else on the image changes.",
+    return image_procedure(
+        plugin,
         REWORD.procedure,
+        run_reword,
+        label=REWORD.label,
+        blurb=REWORD.blurb,
+        help_text=f"{REWORD.blurb}. Select a layer Generate made; runs the 'reword' op (Prompt-to-Prompt) "
+        "on an Underpaint daemon with the layer's stored preset, parameters and seed and the edited "
+        "prompt, and adds the edited picture as a new layer right above it (its parameters in the "
+        "layer's 'underpaint-params' parasite). Nothing else on the image changes.",
+        image_types="RGB*, GRAY*",
+        sensitivity=Gimp.ProcedureSensitivityMask.DRAWABLE,
+        args=REWORD.args,
     )
-    procedure.set_attribution("Underpaint", "Underpaint contributors", "2026")
-    for arg in REWORD.args:
-        _add_argument(procedure, arg)
-    return procedure
 
 
 def _source(drawables: list[Gimp.Drawable]) -> tuple[Gimp.Layer, dict[str, Any]]:
